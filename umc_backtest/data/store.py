@@ -1,0 +1,421 @@
+"""Parquet year-shard store for candles.
+
+Layout (hive partitioning, readable by ``pyarrow.dataset`` as one dataset)::
+
+    <root>/exchange=binance/symbol=BTC-USDT/timeframe=1m/year=2024/candles.parquet
+
+Every write is validated and atomic (temp file in the same folder, fsync,
+``os.replace``): a crash leaves either the old shard or the new one, never a
+half-written file that looks whole. A stored shard is never replaced unless the
+caller asks for ``mode="overwrite"``, or ``mode="merge"`` adds new candles to it
+(identical candles de-duplicated; a conflicting candle is an error).
+
+Shard metadata (JSON in the Parquet footer under ``umc_backtest``) records the
+source, creation time, rows, time span, the covered intervals (what a download
+has already fetched, so a rerun fetches only the rest) and the gap report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import CandleValidationError, MarketDataError, ShardExistsError, ShardNotFoundError
+from .schema import (
+    ARROW_TYPES,
+    METADATA_KEY,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    SOURCES,
+    ShardKey,
+    path_to_symbol,
+    symbol_to_path,
+)
+from .validate import GapReport, gap_report, timestamps_ms, validate_candles
+
+logger = logging.getLogger(__name__)
+
+SHARD_FILE = "candles.parquet"
+WriteMode = Literal["error", "overwrite", "merge"]
+Interval = tuple[int, int]
+
+
+def year_bounds_ms(year: int) -> Interval:
+    """``[Jan 1 year, Jan 1 year+1)`` in epoch milliseconds (UTC)."""
+    start = int(pd.Timestamp(year=year, month=1, day=1, tz="UTC").value // 1_000_000)
+    end = int(pd.Timestamp(year=year + 1, month=1, day=1, tz="UTC").value // 1_000_000)
+    return start, end
+
+
+def merge_intervals(intervals: list[Interval] | list[list[int]]) -> list[Interval]:
+    """Union of half-open ``[start, end)`` intervals, sorted, touching ones joined."""
+    out: list[list[int]] = []
+    for start, end in sorted((int(a), int(b)) for a, b in intervals if int(b) > int(a)):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
+def subtract_intervals(span: Interval, covered: list[Interval]) -> list[Interval]:
+    """Parts of ``span`` not inside any of ``covered`` (sorted, merged)."""
+    start, end = span
+    missing: list[Interval] = []
+    cursor = start
+    for a, b in merge_intervals(covered):
+        if b <= cursor or a >= end:
+            continue
+        if a > cursor:
+            missing.append((cursor, min(a, end)))
+        cursor = max(cursor, b)
+        if cursor >= end:
+            break
+    if cursor < end:
+        missing.append((cursor, end))
+    return missing
+
+
+def normalize_candles(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Cast known columns to the store's dtypes (timestamps to UTC ms).
+
+    Integer timestamps are taken as epoch milliseconds. Raises
+    :class:`CandleValidationError` for missing/extra columns or values that
+    cannot be cast; it does not sort, de-duplicate or fill anything.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise CandleValidationError(
+            source, f"missing column(s) {missing}; expected {list(REQUIRED_COLUMNS)}", field=missing[0],
+            hint="Provide candles with exactly these columns",
+        )
+    unknown = [c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        raise CandleValidationError(
+            source, f"unexpected column(s) {unknown}", field=unknown[0],
+            hint=f"Allowed columns: {list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}",
+        )
+    columns = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in df.columns]
+    out = pd.DataFrame(index=pd.RangeIndex(len(df)))
+    ts = df["timestamp"]
+    if pd.api.types.is_integer_dtype(ts.dtype):
+        out["timestamp"] = pd.to_datetime(ts.to_numpy(), unit="ms", utc=True)
+    elif isinstance(ts.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(ts.dtype):
+        stamps = pd.DatetimeIndex(ts)
+        stamps = stamps.tz_localize("UTC") if stamps.tz is None else stamps.tz_convert("UTC")
+        out["timestamp"] = stamps.as_unit("ms")
+    else:
+        raise CandleValidationError(
+            source, f"timestamp column has dtype {ts.dtype}; expected datetimes or integer milliseconds",
+            field="timestamp",
+        )
+    for col in columns[1:]:
+        target = ARROW_TYPES[col].to_pandas_dtype()
+        try:
+            out[col] = df[col].to_numpy().astype(target)
+        except (TypeError, ValueError) as exc:
+            raise CandleValidationError(
+                source, f"cannot convert column to {np.dtype(target)}: {exc}", field=col,
+                hint="Check the source file for text or empty values in this column",
+            ) from exc
+    return out
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    key: ShardKey
+    path: Path
+    metadata: dict
+
+    @property
+    def gaps(self) -> GapReport:
+        return GapReport.from_dict(self.metadata["gaps"])
+
+
+class CandleStore:
+    """Validated reads and atomic writes of candle year shards under ``root``."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    # ----------------------------------------------------------------- paths
+    def shard_path(self, key: ShardKey) -> Path:
+        return self.root / key.relative_dir / SHARD_FILE
+
+    def exists(self, key: ShardKey) -> bool:
+        return self.shard_path(key).is_file()
+
+    def list_shards(
+        self,
+        exchange: str | None = None,
+        symbol: str | None = None,
+        timeframe: str | None = None,
+        year: int | None = None,
+    ) -> list[ShardKey]:
+        """Shard keys found on disk, filtered, sorted."""
+        pattern = (
+            f"exchange={exchange or '*'}/symbol={symbol_to_path(symbol) if symbol else '*'}/"
+            f"timeframe={timeframe or '*'}/year={year if year is not None else '*'}/{SHARD_FILE}"
+        )
+        keys = []
+        for path in self.root.glob(pattern):
+            parts = dict(p.split("=", 1) for p in path.relative_to(self.root).parts[:-1])
+            keys.append(
+                ShardKey(parts["exchange"], path_to_symbol(parts["symbol"]), parts["timeframe"], int(parts["year"]))
+            )
+        return sorted(keys, key=lambda k: (k.exchange, k.symbol, k.timeframe, k.year))
+
+    # ------------------------------------------------------------------ read
+    def read_metadata(self, key: ShardKey) -> dict:
+        path = self._existing(key)
+        try:
+            raw = pq.read_schema(path).metadata or {}
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise MarketDataError(
+                f"shard {path} is not a readable Parquet file ({exc}); restore it from its source "
+                "(re-download or re-import with --overwrite)"
+            ) from exc
+        if METADATA_KEY not in raw:
+            raise MarketDataError(
+                f"shard {path} has no '{METADATA_KEY.decode()}' metadata: it was not written by this store. "
+                "Re-import it with umc-data"
+            )
+        return json.loads(raw[METADATA_KEY])
+
+    def info(self, key: ShardKey) -> ShardInfo:
+        return ShardInfo(key, self.shard_path(key), self.read_metadata(key))
+
+    def read_shard(self, key: ShardKey, validate: bool = True) -> pd.DataFrame:
+        """Candles of one shard, validated unless ``validate=False``."""
+        path = self._existing(key)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise MarketDataError(
+                f"shard {path} is not a readable Parquet file ({exc}); restore it from its source "
+                "(re-download or re-import with --overwrite)"
+            ) from exc
+        df = table.to_pandas()
+        if validate:
+            validate_candles(df, key.timeframe, str(path))
+            self._check_year(df, key, str(path))
+            meta = self.read_metadata(key)
+            if int(meta.get("rows", -1)) != len(df):
+                raise CandleValidationError(
+                    str(path), f"metadata says {meta.get('rows')} rows but the file holds {len(df)}",
+                    hint="The shard was modified outside the store; re-import it",
+                )
+        return df
+
+    def load(
+        self,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        start: str | pd.Timestamp | None = None,
+        end: str | pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Validated candles with ``start <= timestamp < end`` across year shards.
+
+        ``start``/``end`` default to the first/last stored candle. Raises
+        :class:`ShardNotFoundError` when a year in the range has no shard.
+        """
+        keys = self.list_shards(exchange, symbol, timeframe)
+        if not keys:
+            raise ShardNotFoundError(
+                f"no shards for {exchange} {symbol} {timeframe} under {self.root}; "
+                "create them with `umc-data download`, `umc-data import` or `umc-data synth`"
+            )
+        start_ts = _to_utc(start) if start is not None else None
+        end_ts = _to_utc(end) if end is not None else None
+        first_year = start_ts.year if start_ts is not None else keys[0].year
+        last_year = (end_ts - pd.Timedelta(milliseconds=1)).year if end_ts is not None else keys[-1].year
+        stored = {k.year: k for k in keys}
+        absent = [y for y in range(first_year, last_year + 1) if y not in stored]
+        if absent:
+            raise ShardNotFoundError(
+                f"no shard for {exchange} {symbol} {timeframe} year(s) {absent} under {self.root} "
+                f"(stored: {sorted(stored)}); fetch them first or narrow the range"
+            )
+        frames = [self.read_shard(stored[y]) for y in range(first_year, last_year + 1)]
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if len(frames) > 1:
+            validate_candles(df, timeframe, f"{exchange} {symbol} {timeframe} {first_year}-{last_year}")
+        ts = df["timestamp"]
+        lo = 0 if start_ts is None else int(ts.searchsorted(start_ts, side="left"))
+        hi = len(df) if end_ts is None else int(ts.searchsorted(end_ts, side="left"))
+        return df.iloc[lo:hi].reset_index(drop=True)
+
+    def validate_shard(self, key: ShardKey) -> GapReport:
+        """Re-validate a stored shard fully; returns its gap report."""
+        df = self.read_shard(key, validate=True)
+        return gap_report(timestamps_ms(df), key.timeframe)
+
+    # ----------------------------------------------------------------- write
+    def write_shard(
+        self,
+        key: ShardKey,
+        candles: pd.DataFrame,
+        source: str,
+        mode: WriteMode = "error",
+        coverage: list[Interval] | None = None,
+        extra_metadata: dict | None = None,
+    ) -> ShardInfo:
+        """Validate and atomically store ``candles`` as the shard ``key``.
+
+        ``mode``: ``"error"`` refuses to touch an existing shard, ``"overwrite"``
+        replaces it, ``"merge"`` adds the new candles to it. ``coverage`` lists
+        the ``[start, end)`` ms intervals the caller has fully fetched (default:
+        first to last candle); it is merged with the stored coverage.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source {source!r} must be one of {SOURCES}")
+        if mode not in ("error", "overwrite", "merge"):
+            raise ValueError(f"mode {mode!r} must be 'error', 'overwrite' or 'merge'")
+        path = self.shard_path(key)
+        label = f"new candles for shard {key}"
+        df = normalize_candles(candles, label)
+        validate_candles(df, key.timeframe, label)
+        self._check_year(df, key, label)
+        ts = timestamps_ms(df)
+        new_coverage = merge_intervals(coverage or [(int(ts[0]), int(ts[-1]) + key.timeframe_ms)])
+        sources = [source]
+        extra = dict(extra_metadata or {})
+
+        if path.exists():
+            if mode == "error":
+                raise ShardExistsError(
+                    f"shard {path} already exists; pass overwrite (--overwrite) to replace it or "
+                    "merge (--merge) to add the new candles to it"
+                )
+            if mode == "merge":
+                old_meta = self.read_metadata(key)
+                old = self.read_shard(key)
+                old_sources = old_meta.get("sources", [old_meta.get("source")])
+                if ("synthetic" in old_sources) != (source == "synthetic"):
+                    raise ShardExistsError(
+                        f"refusing to merge {source} candles into shard {path} whose sources are {old_sources}: "
+                        "synthetic and real prices never mix in one shard"
+                    )
+                df = _merge_frames(old, df, str(path))
+                new_coverage = merge_intervals(list(new_coverage) + [tuple(c) for c in old_meta["coverage"]])
+                sources = sorted(set(old_sources) | {source})
+                extra = {**{k: v for k, v in old_meta.get("extra", {}).items()}, **extra}
+                validate_candles(df, key.timeframe, f"merged shard {path}")
+
+        report = gap_report(timestamps_ms(df), key.timeframe)
+        metadata = {
+            "format_version": 1,
+            "exchange": key.exchange,
+            "symbol": key.symbol,
+            "timeframe": key.timeframe,
+            "year": int(key.year),
+            "source": "+".join(sources),
+            "sources": sources,
+            "synthetic": sources == ["synthetic"],
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "rows": int(len(df)),
+            "first_timestamp": report.first_timestamp,
+            "last_timestamp": report.last_timestamp,
+            "filled_rows": int(df["filled"].sum()) if "filled" in df.columns else 0,
+            "coverage": [list(c) for c in new_coverage],
+            "gaps": report.to_dict(),
+            "extra": extra,
+        }
+        self._atomic_write(path, df, metadata)
+        logger.info("wrote %s rows to %s (%s)", len(df), path, metadata["source"])
+        return ShardInfo(key, path, metadata)
+
+    # -------------------------------------------------------------- internal
+    def _existing(self, key: ShardKey) -> Path:
+        path = self.shard_path(key)
+        if not path.is_file():
+            raise ShardNotFoundError(
+                f"no shard {key} at {path}; create it with `umc-data download`, `import` or `synth`"
+            )
+        return path
+
+    @staticmethod
+    def _check_year(df: pd.DataFrame, key: ShardKey, source: str) -> None:
+        ts = timestamps_ms(df)
+        lo, hi = year_bounds_ms(key.year)
+        outside = (ts < lo) | (ts >= hi)
+        if outside.any():
+            row = int(np.argmax(outside))
+            raise CandleValidationError(
+                source, f"candle is outside year {key.year} of this shard", row=row, field="timestamp",
+                timestamp=pd.Timestamp(int(ts[row]), unit="ms", tz="UTC").isoformat(),
+                hint="Split candles by UTC year before writing (one shard per year)",
+            )
+
+    @staticmethod
+    def _atomic_write(path: Path, df: pd.DataFrame, metadata: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = [pa.field(c, ARROW_TYPES[c]) for c in df.columns]
+        schema = pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata).encode()})
+        table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd", row_group_size=1 << 20)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _merge_frames(old: pd.DataFrame, new: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Union of two validated candle frames; identical duplicates kept once."""
+    columns = list(old.columns)
+    if list(new.columns) != columns:
+        missing = sorted(set(columns) ^ set(new.columns))
+        raise CandleValidationError(
+            source, f"cannot merge candles with different columns (differ in {missing})",
+            field=missing[0], hint="Re-import with --overwrite instead",
+        )
+    both = pd.concat([old, new], ignore_index=True)
+    ts = timestamps_ms(both)
+    order = np.argsort(ts, kind="stable")
+    both = both.iloc[order].reset_index(drop=True)
+    ts = ts[order]
+    dup = np.flatnonzero(np.diff(ts) == 0)
+    if dup.size:
+        a = both.iloc[dup].reset_index(drop=True)
+        b = both.iloc[dup + 1].reset_index(drop=True)
+        value_cols = [c for c in columns if c != "timestamp"]
+        differs = ~((a[value_cols] == b[value_cols]) | (a[value_cols].isna() & b[value_cols].isna())).all(axis=1)
+        if differs.any():
+            i = int(np.argmax(differs.to_numpy()))
+            raise CandleValidationError(
+                source, f"stored candle differs from the new one ({a.iloc[i].to_dict()} vs {b.iloc[i].to_dict()})",
+                timestamp=a["timestamp"].iloc[i].isoformat(),
+                hint="Keep the stored shard, or replace it with --overwrite if the new data is right",
+            )
+        both = both.drop(index=dup + 1).reset_index(drop=True)
+    return both
+
+
+def _to_utc(value: str | pd.Timestamp) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
