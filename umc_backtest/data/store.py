@@ -42,7 +42,7 @@ from .schema import (
     path_to_symbol,
     symbol_to_path,
 )
-from .validate import GapReport, gap_report, timestamps_ms, validate_candles
+from .validate import GapReport, fill_gaps, gap_report, timestamps_ms, validate_candles
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +314,21 @@ class CandleStore:
                 extra = {**{k: v for k, v in old_meta.get("extra", {}).items()}, **extra}
                 validate_candles(df, key.timeframe, f"merged shard {path}")
 
+        return self._commit(key, df, sources, new_coverage, extra)
+
+    def fill_gaps(self, key: ShardKey) -> ShardInfo:
+        """Explicitly fill the shard's gaps (flat candles flagged ``filled=True``).
+
+        Stored candles, sources and coverage are kept; only flagged rows are added.
+        """
+        meta = self.read_metadata(key)
+        df = fill_gaps(self.read_shard(key), key.timeframe)
+        return self._commit(key, df, meta["sources"], [tuple(c) for c in meta["coverage"]], meta.get("extra", {}))
+
+    def _commit(
+        self, key: ShardKey, df: pd.DataFrame, sources: list[str], coverage: list[Interval], extra: dict
+    ) -> ShardInfo:
+        path = self.shard_path(key)
         report = gap_report(timestamps_ms(df), key.timeframe)
         metadata = {
             "format_version": 1,
@@ -322,14 +337,14 @@ class CandleStore:
             "timeframe": key.timeframe,
             "year": int(key.year),
             "source": "+".join(sources),
-            "sources": sources,
-            "synthetic": sources == ["synthetic"],
+            "sources": list(sources),
+            "synthetic": list(sources) == ["synthetic"],
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "rows": int(len(df)),
+            "rows": len(df),
             "first_timestamp": report.first_timestamp,
             "last_timestamp": report.last_timestamp,
             "filled_rows": int(df["filled"].sum()) if "filled" in df.columns else 0,
-            "coverage": [list(c) for c in new_coverage],
+            "coverage": [list(c) for c in coverage],
             "gaps": report.to_dict(),
             "extra": extra,
         }

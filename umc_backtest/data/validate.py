@@ -75,7 +75,7 @@ def validate_candles(df: pd.DataFrame, timeframe: str, source: str) -> None:
         row = _first(pd.isna(df["timestamp"]).to_numpy())
         raise CandleValidationError(source, "missing timestamp", row=row, field="timestamp", hint=_FIX_HINT)
 
-    numeric = [c for c in REQUIRED_COLUMNS[1:] + ("quote_volume",) if c in df.columns]
+    numeric = [c for c in (*REQUIRED_COLUMNS[1:], "quote_volume") if c in df.columns]
     for col in numeric:
         if not pd.api.types.is_numeric_dtype(df[col].dtype) or pd.api.types.is_bool_dtype(df[col].dtype):
             raise CandleValidationError(
@@ -232,5 +232,5 @@ def fill_gaps(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     flags = filled.copy()
     flags[np.searchsorted(full, ts)] = previous
     out["filled"] = flags
-    out["timestamp"] = pd.to_datetime(full, unit="ms", utc=True)
+    out["timestamp"] = pd.to_datetime(full, unit="ms", utc=True).as_unit("ms")
     return out.reset_index(drop=True)
