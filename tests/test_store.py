@@ -216,3 +216,37 @@ def test_interval_helpers():
 def test_bad_shard_keys(args, match):
     with pytest.raises(ValueError, match=match):
         ShardKey(*args)
+
+
+def test_merge_with_integer_millisecond_timestamps(tmp_path):
+    store = CandleStore(tmp_path)
+    df = make_candles(periods=100)
+    as_ms = df.assign(timestamp=df["timestamp"].astype("int64"))
+    store.write_shard(KEY, as_ms.iloc[:60], "ccxt")
+    store.write_shard(KEY, as_ms.iloc[40:], "ccxt", mode="merge")
+    pd.testing.assert_frame_equal(store.read_shard(KEY), df)
+
+
+def test_add_coverage_keeps_candles_and_created_at(tmp_path):
+    store = CandleStore(tmp_path)
+    info = store.write_shard(KEY, make_candles(periods=10), "ccxt")
+    start = info.metadata["coverage"][0][0]
+    later = store.add_coverage(KEY, [(start + 3_600_000, start + 7_200_000)])
+    assert later.metadata["coverage"] == [[start, start + 600_000], [start + 3_600_000, start + 7_200_000]]
+    assert later.metadata["created_at"] == info.metadata["created_at"]
+    pd.testing.assert_frame_equal(store.read_shard(KEY), make_candles(periods=10))
+
+
+def test_coverage_is_clipped_to_the_shard_year(tmp_path):
+    store = CandleStore(tmp_path)
+    info = store.write_shard(KEY, make_candles(periods=10), "ccxt", coverage=[(0, 2_000_000_000_000)])
+    assert info.metadata["coverage"] == [[1704067200000, 1735689600000]]
+
+
+def test_weekly_candles_open_on_mondays():
+    from umc_backtest.data import validate_candles
+
+    monday = make_candles(start="2024-01-01", periods=5, freq="7D")  # 2024-01-01 was a Monday
+    validate_candles(monday, "1w", "weekly")
+    with pytest.raises(CandleValidationError, match="1w grid"):
+        validate_candles(make_candles(start="2024-01-04", periods=5, freq="7D"), "1w", "weekly")

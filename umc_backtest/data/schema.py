@@ -58,6 +58,15 @@ def timeframe_to_ms(timeframe: str) -> int:
     return count * _UNIT_MS[match.group(2)]
 
 
+def timeframe_grid_offset_ms(timeframe: str) -> int:
+    """Where the candle grid starts relative to the epoch, in ms.
+
+    Weekly candles open on Mondays (Binance, ccxt); the epoch was a Thursday,
+    so the weekly grid is shifted by four days. Other grids start at the epoch.
+    """
+    return 4 * 1440 * MINUTE_MS if timeframe_to_ms(timeframe) % (7 * 1440 * MINUTE_MS) == 0 else 0
+
+
 def symbol_to_path(symbol: str) -> str:
     """``"BTC/USDT" -> "BTC-USDT"`` (a slash cannot appear in a partition value)."""
     if "/" not in symbol or symbol.count("/") != 1 or not all(symbol.split("/")):

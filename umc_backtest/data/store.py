@@ -110,7 +110,7 @@ def normalize_candles(df: pd.DataFrame, source: str) -> pd.DataFrame:
     out = pd.DataFrame(index=pd.RangeIndex(len(df)))
     ts = df["timestamp"]
     if pd.api.types.is_integer_dtype(ts.dtype):
-        out["timestamp"] = pd.to_datetime(ts.to_numpy(), unit="ms", utc=True)
+        out["timestamp"] = pd.DatetimeIndex(pd.to_datetime(ts.to_numpy(), unit="ms", utc=True)).as_unit("ms")
     elif isinstance(ts.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(ts.dtype):
         stamps = pd.DatetimeIndex(ts)
         stamps = stamps.tz_localize("UTC") if stamps.tz is None else stamps.tz_convert("UTC")
@@ -289,7 +289,13 @@ class CandleStore:
         validate_candles(df, key.timeframe, label)
         self._check_year(df, key, label)
         ts = timestamps_ms(df)
-        new_coverage = merge_intervals(coverage or [(int(ts[0]), int(ts[-1]) + key.timeframe_ms)])
+        year_start, year_end = year_bounds_ms(key.year)
+        new_coverage = [
+            (max(a, year_start), min(b, year_end))
+            for a, b in merge_intervals(coverage or [(int(ts[0]), int(ts[-1]) + key.timeframe_ms)])
+        ]
+        new_coverage = [c for c in new_coverage if c[1] > c[0]]
+        created_at = None
         sources = [source]
         extra = dict(extra_metadata or {})
 
@@ -311,10 +317,23 @@ class CandleStore:
                 df = _merge_frames(old, df, str(path))
                 new_coverage = merge_intervals(list(new_coverage) + [tuple(c) for c in old_meta["coverage"]])
                 sources = sorted(set(old_sources) | {source})
-                extra = {**{k: v for k, v in old_meta.get("extra", {}).items()}, **extra}
+                extra = {**old_meta.get("extra", {}), **extra}
+                created_at = old_meta.get("created_at")
                 validate_candles(df, key.timeframe, f"merged shard {path}")
 
-        return self._commit(key, df, sources, new_coverage, extra)
+        return self._commit(key, df, sources, new_coverage, extra, created_at)
+
+    def add_coverage(self, key: ShardKey, intervals: list[Interval]) -> ShardInfo:
+        """Record intervals as fetched although they hold no candles (e.g. before a listing).
+
+        The candles are kept as they are; only the ``coverage`` metadata grows.
+        """
+        meta = self.read_metadata(key)
+        df = self.read_shard(key)
+        lo, hi = year_bounds_ms(key.year)
+        clipped = [(max(a, lo), min(b, hi)) for a, b in intervals]
+        coverage = merge_intervals([tuple(c) for c in meta["coverage"]] + [c for c in clipped if c[1] > c[0]])
+        return self._commit(key, df, meta["sources"], coverage, meta.get("extra", {}), meta.get("created_at"))
 
     def fill_gaps(self, key: ShardKey) -> ShardInfo:
         """Explicitly fill the shard's gaps (flat candles flagged ``filled=True``).
@@ -323,11 +342,20 @@ class CandleStore:
         """
         meta = self.read_metadata(key)
         df = fill_gaps(self.read_shard(key), key.timeframe)
-        return self._commit(key, df, meta["sources"], [tuple(c) for c in meta["coverage"]], meta.get("extra", {}))
+        return self._commit(
+            key, df, meta["sources"], [tuple(c) for c in meta["coverage"]], meta.get("extra", {}), meta.get("created_at")
+        )
 
     def _commit(
-        self, key: ShardKey, df: pd.DataFrame, sources: list[str], coverage: list[Interval], extra: dict
+        self,
+        key: ShardKey,
+        df: pd.DataFrame,
+        sources: list[str],
+        coverage: list[Interval],
+        extra: dict,
+        created_at: str | None = None,
     ) -> ShardInfo:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         path = self.shard_path(key)
         report = gap_report(timestamps_ms(df), key.timeframe)
         metadata = {
@@ -339,7 +367,8 @@ class CandleStore:
             "source": "+".join(sources),
             "sources": list(sources),
             "synthetic": list(sources) == ["synthetic"],
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": created_at or now,
+            "updated_at": now,
             "rows": len(df),
             "first_timestamp": report.first_timestamp,
             "last_timestamp": report.last_timestamp,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CandleValidationError
-from .schema import OPTIONAL_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, timeframe_to_ms
+from .schema import OPTIONAL_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, timeframe_grid_offset_ms, timeframe_to_ms
 
 _FIX_HINT = "Fix or re-download the source data; the store never repairs candles silently"
 
@@ -91,7 +91,7 @@ def validate_candles(df: pd.DataFrame, timeframe: str, source: str) -> None:
                 timestamp=_stamp(ts[row]), hint=_FIX_HINT,
             )
 
-    off_grid = ts % tf_ms != 0
+    off_grid = (ts - timeframe_grid_offset_ms(timeframe)) % tf_ms != 0
     row = _first(off_grid)
     if row is not None:
         raise CandleValidationError(
