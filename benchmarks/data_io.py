@@ -50,7 +50,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = CandleStore(tmp)
-        write_s, info = timed(lambda: store.write_shard(key, candles, "synthetic", mode="overwrite"), args.repeat)
+        write_s, _ = timed(lambda: store.write_shard(key, candles, "synthetic", mode="overwrite"), args.repeat)
         path = store.shard_path(key)
         raw_s, _ = timed(lambda: pq.read_table(path).to_pandas(), args.repeat)
         read_s, back = timed(lambda: store.read_shard(key), args.repeat)
