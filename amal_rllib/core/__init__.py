@@ -1,0 +1,1 @@
+"""Pure math shared by MAPPO and AMAL: losses, masking, value normalisation."""

@@ -1,0 +1,68 @@
+"""MAPPO's learner: PPO's clipped objective, Huber value loss on normalised targets,
+dead agents masked out of every term."""
+
+from __future__ import annotations
+
+import torch
+from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.torch_utils import explained_variance
+
+from ..core.losses import huber, masked_mean, ppo_clip_objective
+from ..envs.spec import ALIVE_KEY
+from ..metrics import CLIP_FRACTION
+
+
+def sample_mask(batch: dict) -> torch.Tensor:
+    """1.0 for agent-steps that count in the loss: alive agents at real (unpadded) timesteps."""
+    mask = batch[Columns.OBS][ALIVE_KEY].reshape(-1).float()
+    if Columns.LOSS_MASK in batch:
+        mask = mask * batch[Columns.LOSS_MASK].reshape(-1).float()
+    return mask
+
+
+class MAPPOTorchLearner(PPOTorchLearner):
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        module = self.module[module_id].unwrapped()
+        mask = sample_mask(batch)
+
+        dist = module.get_train_action_dist_cls().from_logits(fwd_out[Columns.ACTION_DIST_INPUTS])
+        logp = dist.logp(batch[Columns.ACTIONS])
+        surrogate, clipped = ppo_clip_objective(
+            logp, batch[Columns.ACTION_LOGP], batch[Postprocessing.ADVANTAGES], config.clip_param
+        )
+        entropy = dist.entropy()
+
+        targets = batch[Postprocessing.VALUE_TARGETS]
+        values_n = module.normalized_values(batch)
+        if module.use_value_norm:
+            module.value_norm.update(targets[mask > 0])
+            targets_n = module.value_norm.normalize(targets)
+        else:
+            targets_n = targets
+        vf_loss = masked_mean(huber(values_n - targets_n, config.huber_delta), mask)
+
+        policy_loss = -masked_mean(surrogate, mask)
+        mean_entropy = masked_mean(entropy, mask)
+        entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
+        total_loss = policy_loss + config.vf_loss_coeff * vf_loss - entropy_coeff * mean_entropy
+
+        with torch.no_grad():
+            values = module.value_norm.denormalize(values_n) if module.use_value_norm else values_n
+            alive = mask > 0
+            explained = explained_variance(targets[alive], values[alive]) if alive.any() else torch.zeros(())
+        self.metrics.log_dict(
+            {
+                POLICY_LOSS_KEY: policy_loss,
+                VF_LOSS_KEY: vf_loss,
+                ENTROPY_KEY: mean_entropy,
+                CLIP_FRACTION: masked_mean(clipped, mask),
+                LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained,
+            },
+            key=module_id,
+            window=1,
+        )
+        return total_loss

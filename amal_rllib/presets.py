@@ -1,0 +1,53 @@
+"""Ready-made configs for the embedded default (SMAX) and real SMAC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .mappo import MAPPOConfig
+
+
+def mappo_config(
+    scenario: str = "3m",
+    backend: str = "smax",
+    *,
+    seed: int = 0,
+    num_env_runners: int = 1,
+    num_envs_per_env_runner: int = 8,
+    train_batch_size: int = 2000,
+    evaluation_interval: int | None = 5,
+    evaluation_episodes: int = 16,
+    num_gpus_per_learner: float = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    config_cls: type[MAPPOConfig] = MAPPOConfig,
+) -> MAPPOConfig:
+    """MAPPO on ``scenario`` with a greedy evaluation every ``evaluation_interval`` iterations.
+
+    ``train_batch_size`` counts env steps (one step of the whole team).
+    ``num_gpus_per_learner > 0`` puts the learner on CUDA when Ray sees a GPU.
+    """
+    from .envs.registry import RLLIB_ENV_NAMES, register_envs
+
+    register_envs()
+    config = (
+        config_cls()
+        .environment(RLLIB_ENV_NAMES[backend], env_config={"scenario": scenario, "backend": backend, **(env_kwargs or {})})
+        .env_runners(
+            num_env_runners=num_env_runners,
+            num_envs_per_env_runner=num_envs_per_env_runner,
+            num_cpus_per_env_runner=1,
+        )
+        .learners(num_learners=0, num_gpus_per_learner=num_gpus_per_learner)
+        .training(train_batch_size_per_learner=train_batch_size, minibatch_size=train_batch_size)
+        .debugging(seed=seed)
+        .reporting(metrics_num_episodes_for_smoothing=100)
+    )
+    if evaluation_interval:
+        config.evaluation(
+            evaluation_interval=evaluation_interval,
+            evaluation_duration=evaluation_episodes,
+            evaluation_duration_unit="episodes",
+            evaluation_num_env_runners=0,
+            evaluation_config=config_cls.overrides(explore=False, num_envs_per_env_runner=1),
+        )
+    return config

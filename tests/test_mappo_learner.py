@@ -1,0 +1,180 @@
+"""MAPPO's module and learner on hand-made batches (no env runners, no Ray actors)."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from toy_envs import CoordinationEnv
+
+from amal_rllib.mappo import MAPPOConfig, MAPPOTorchRLModule
+from amal_rllib.mappo.config import SHARED_POLICY
+
+OBS_DIM, STATE_DIM, N_ACTIONS = 6, 9, 5
+
+
+def spaces():
+    obs_space = gym.spaces.Dict(
+        {
+            "obs": gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
+            "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+            "action_mask": gym.spaces.Box(0.0, 1.0, (N_ACTIONS,), np.float32),
+            "alive": gym.spaces.Box(0.0, 1.0, (1,), np.float32),
+        }
+    )
+    return obs_space, gym.spaces.Discrete(N_ACTIONS)
+
+
+def make_module(**model_config):
+    obs_space, act_space = spaces()
+    torch.manual_seed(0)
+    return MAPPOTorchRLModule(observation_space=obs_space, action_space=act_space, model_config=model_config)
+
+
+def fake_batch(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(n, N_ACTIONS, generator=g) > 0.4).float()
+    mask[:, 0] = 1.0  # at least one valid action per row
+    alive = (torch.rand(n, 1, generator=g) > 0.25).float()
+    obs = {
+        "obs": torch.randn(n, OBS_DIM, generator=g),
+        "state": torch.randn(n, STATE_DIM, generator=g),
+        "action_mask": mask,
+        "alive": alive,
+    }
+    valid = [torch.nonzero(m).flatten() for m in mask]
+    actions = torch.stack([v[torch.randint(len(v), (1,), generator=g)][0] for v in valid])
+    return {
+        Columns.OBS: obs,
+        Columns.ACTIONS: actions,
+        Columns.ACTION_LOGP: torch.log(torch.full((n,), 0.3)),
+        Postprocessing.ADVANTAGES: torch.randn(n, generator=g),
+        Postprocessing.VALUE_TARGETS: torch.randn(n, generator=g) * 2 + 1,
+    }
+
+
+def test_masked_actions_never_get_probability():
+    module = make_module()
+    batch = fake_batch(256)
+    logits = module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS]
+    probs = torch.softmax(logits, -1)
+    assert torch.all(probs[batch[Columns.OBS]["action_mask"] == 0] == 0)
+    dist = module.get_exploration_action_dist_cls().from_logits(logits)
+    for _ in range(20):
+        sampled = dist.sample()
+        assert torch.all(batch[Columns.OBS]["action_mask"].gather(1, sampled[:, None]) == 1)
+    greedy = module.get_inference_action_dist_cls().from_logits(
+        module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+    ).to_deterministic().sample()
+    assert torch.all(batch[Columns.OBS]["action_mask"].gather(1, greedy[:, None]) == 1)
+
+
+def test_critic_reads_global_state_and_actor_reads_local_obs():
+    module = make_module()
+    batch = fake_batch(32)
+    values = module.compute_values(batch)
+    logits = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+
+    changed_obs = {**batch, Columns.OBS: {**batch[Columns.OBS], "obs": torch.randn(32, OBS_DIM)}}
+    assert torch.equal(module.compute_values(changed_obs), values)
+    assert not torch.allclose(module.forward_train(changed_obs)[Columns.ACTION_DIST_INPUTS], logits)
+
+    changed_state = {**batch, Columns.OBS: {**batch[Columns.OBS], "state": torch.randn(32, STATE_DIM)}}
+    assert not torch.allclose(module.compute_values(changed_state), values)
+    assert torch.equal(module.forward_train(changed_state)[Columns.ACTION_DIST_INPUTS], logits)
+
+
+def test_inference_only_module_has_no_critic():
+    obs_space, act_space = spaces()
+    module = MAPPOTorchRLModule(observation_space=obs_space, action_space=act_space, inference_only=True)
+    assert not hasattr(module, "critic")
+    assert set(make_module().get_non_inference_attributes()) == {"critic", "value_norm"}
+
+
+@pytest.fixture(scope="module")
+def learner():
+    config = MAPPOConfig().environment(CoordinationEnv)
+    learner = config.build_learner(env=CoordinationEnv())
+    return config, learner
+
+
+def loss_and_grads(config, learner, batch):
+    module = learner.module[SHARED_POLICY]
+    module.zero_grad()
+    fwd_out = module.forward_train(batch)
+    loss = learner.compute_loss_for_module(
+        module_id=SHARED_POLICY, config=config.get_config_for_module(SHARED_POLICY), batch=batch, fwd_out=fwd_out
+    )
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def env_batch(n=64, seed=0):
+    """A batch shaped like CoordinationEnv's spaces (6 obs dims, 5 actions)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, 5)
+    mask[:, 4] = 0.0
+    alive = (torch.rand(n, 1, generator=g) > 0.3).float()
+    obs = {"obs": torch.randn(n, 6, generator=g), "state": torch.randn(n, 6, generator=g),
+           "action_mask": mask, "alive": alive}
+    return {
+        Columns.OBS: obs,
+        Columns.ACTIONS: torch.randint(4, (n,), generator=g),
+        Columns.ACTION_LOGP: torch.log(torch.full((n,), 0.25)),
+        Postprocessing.ADVANTAGES: torch.randn(n, generator=g),
+        Postprocessing.VALUE_TARGETS: torch.randn(n, generator=g),
+    }
+
+
+def test_dead_agents_are_masked_out_of_the_loss(learner):
+    config, lrn = learner
+    batch = env_batch()
+    state = lrn.module[SHARED_POLICY].value_norm.state_dict()
+    loss, grads = loss_and_grads(config, lrn, batch)
+    lrn.module[SHARED_POLICY].value_norm.load_state_dict(state)
+    dead = batch[Columns.OBS]["alive"][:, 0] == 0
+    assert dead.any()
+    other = {**batch}
+    other[Postprocessing.ADVANTAGES] = torch.where(dead, torch.full_like(batch[Postprocessing.ADVANTAGES], 99.0),
+                                                   batch[Postprocessing.ADVANTAGES])
+    other[Postprocessing.VALUE_TARGETS] = batch[Postprocessing.VALUE_TARGETS].clone()
+    other[Columns.ACTIONS] = torch.where(dead, torch.zeros_like(batch[Columns.ACTIONS]), batch[Columns.ACTIONS])
+    loss2, grads2 = loss_and_grads(config, lrn, other)
+    lrn.module[SHARED_POLICY].value_norm.load_state_dict(state)
+    assert torch.allclose(loss, loss2)
+    for name in grads:
+        assert torch.allclose(grads[name], grads2[name]), name
+
+
+def test_loss_is_finite_and_reaches_actor_and_critic(learner):
+    config, lrn = learner
+    loss, grads = loss_and_grads(config, lrn, env_batch(seed=1))
+    assert torch.isfinite(loss)
+    assert any(n.startswith("actor") and g.abs().sum() > 0 for n, g in grads.items())
+    assert any(n.startswith("critic") and g.abs().sum() > 0 for n, g in grads.items())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"clip_param": 1.5}, "clip_param"),
+        ({"actor_hidden": (64, 0)}, "actor_hidden"),
+        ({"huber_delta": 0.0}, "huber_delta"),
+        ({"value_norm_beta": 1.0}, "value_norm_beta"),
+        ({"lambda_": 1.5}, "lambda_"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
+def test_invalid_config_values_are_rejected(kwargs, match):
+    config = MAPPOConfig().environment(CoordinationEnv).training(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        config.validate()
+
+
+def test_defaults_follow_the_mappo_paper():
+    config = MAPPOConfig()
+    assert (config.lr, config.clip_param, config.entropy_coeff, config.gamma, config.lambda_) == (
+        5e-4, 0.2, 0.01, 0.99, 0.95)
+    assert config.grad_clip == 10.0 and config.huber_delta == 10.0 and config.use_value_norm
+    assert config.actor_hidden == (64, 64) and config.use_layer_norm
