@@ -178,3 +178,17 @@ def test_defaults_follow_the_mappo_paper():
         5e-4, 0.2, 0.01, 0.99, 0.95)
     assert config.grad_clip == 10.0 and config.huber_delta == 10.0 and config.use_value_norm
     assert config.actor_hidden == (64, 64) and config.use_layer_norm
+
+
+def test_team_env_runner_returns_numpy_episodes_once():
+    from amal_rllib.env_runner import TeamEnvRunner
+
+    config = MAPPOConfig().environment(CoordinationEnv).env_runners(num_envs_per_env_runner=2)
+    runner = TeamEnvRunner(config=config)
+    episodes = runner.sample(num_timesteps=45)
+    assert episodes and all(ep.is_numpy for ep in episodes)
+    assert sum(ep.env_steps() for ep in episodes) >= 45
+    # Sampling continues from the cut chunks (the runner's own episodes stay lists).
+    more = runner.sample(num_timesteps=10)
+    assert all(ep.is_numpy for ep in more)
+    runner.stop()

@@ -19,6 +19,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from ..callbacks import BattleMetricsCallback
+from ..env_runner import TeamEnvRunner
 
 SHARED_POLICY = "shared_policy"
 
@@ -58,11 +59,13 @@ class MAPPOConfig(PPOConfig):
         self.value_norm_beta = 0.99999
         self.huber_delta = 10.0
         # Several envs per runner batch the per-step connector and forward-pass
-        # overhead (~2.5 ms a call); RLlib 2.60's MultiAgentEnvRunner re-numpy-izes
+        # overhead (~2.5 ms a call). RLlib 2.60's MultiAgentEnvRunner re-numpy-izes
         # every finished episode at every step when `episodes_to_numpy` is on
-        # (quadratic in the episodes per sample), so episodes stay lists.
+        # (quadratic in the episodes per sample); TeamEnvRunner converts each
+        # returned episode once instead.
         self.num_envs_per_env_runner = 8
         self.episodes_to_numpy = False
+        self.env_runner_cls = TeamEnvRunner
         # One shared policy for the whole team; win rate and team return metrics.
         self.multi_agent(policies={SHARED_POLICY}, policy_mapping_fn=map_to_shared_policy)
         self.callbacks(BattleMetricsCallback)
