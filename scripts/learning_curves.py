@@ -54,6 +54,9 @@ def run_seed(args: argparse.Namespace, seed: int, writer: csv.DictWriter, fh) ->
     try:
         while steps < args.env_steps:
             s = summarize_result(algo.train())
+            if args.eval_interval and algo.training_iteration % args.eval_interval:
+                # RLlib repeats the last evaluation's metrics in later results.
+                s[EVAL_WIN_RATE] = s[EVAL_RETURN_MEAN] = math.nan
             steps = s[ENV_STEPS_SAMPLED_LIFETIME]
             wall = time.perf_counter() - t0
             row = {
@@ -85,7 +88,7 @@ def run_seed(args: argparse.Namespace, seed: int, writer: csv.DictWriter, fh) ->
     }
 
 
-def plot(out: Path, target: float) -> None:
+def plot(out: Path, target: float, eval_interval: int | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,6 +96,8 @@ def plot(out: Path, target: float) -> None:
     import pandas as pd
 
     df = pd.read_csv(out / "curves.csv")
+    if eval_interval:
+        df.loc[df["iteration"] % eval_interval != 0, ["eval_win_rate", "eval_episode_return_mean"]] = math.nan
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for seed, g in df.groupby("seed"):
         axes[0].plot(g["env_steps"], g["win_rate"], label=f"seed {seed}", alpha=0.8)
@@ -142,7 +147,7 @@ def main() -> None:
         writer.writeheader()
         for seed in args.seeds:
             summaries.append(run_seed(args, seed, writer, fh))
-            plot(args.out, args.target)
+            plot(args.out, args.target, args.eval_interval)
     with open(args.out / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(summaries[0]))
         writer.writeheader()
