@@ -52,8 +52,12 @@ def make_env(scenario: str = DEFAULT_SCENARIO, backend: str = DEFAULT_BACKEND, *
 
 
 def env_creator(config: Mapping[str, Any] | None = None) -> MultiAgentEnv:
-    """RLlib env creator: ``{"scenario": ..., "backend": ..., **env kwargs}`` (an EnvContext works)."""
+    """RLlib env creator: ``{"scenario": ..., "backend": ..., **env kwargs}`` (an EnvContext works).
+
+    ``vectorize`` is read by ``TeamEnvRunner`` (SMAX batched in one call), not by the env.
+    """
     kwargs = dict(config or {})
+    kwargs.pop("vectorize", None)
     scenario = kwargs.pop("scenario", DEFAULT_SCENARIO)
     backend = kwargs.pop("backend", DEFAULT_BACKEND)
     return make_env(scenario, backend, **kwargs)

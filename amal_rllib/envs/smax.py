@@ -224,6 +224,35 @@ def _program(scenario: str, env_kwargs: Mapping[str, Any]) -> _SMAXProgram:
         return program
 
 
+def unpack_step(out: np.ndarray, ids: list[str], layout: tuple) -> tuple[dict, dict, dict, dict, dict]:
+    """RLlib's step dicts from one packed step output ``(n_agents + 1, width)``.
+
+    Rows ``:n`` are the agents' ``[obs | state | mask | alive]``; row ``n`` holds
+    the scalars (reward, decided, truncated, won, dead allies, dead enemies).
+    """
+    n = len(ids)
+    reward, decided, truncated, won, dead_allies, dead_enemies = out[n, :6].tolist()
+    terminated = decided > 0.5
+    truncated = truncated > 0.5
+    obs = split_packed(out[:n], ids, layout)
+    rewards = dict.fromkeys(ids, reward)
+    terminateds = dict.fromkeys(ids, terminated)
+    terminateds["__all__"] = terminated
+    truncateds = dict.fromkeys(ids, truncated)
+    truncateds["__all__"] = truncated
+    if terminated or truncated:
+        info = {
+            BATTLE_WON_KEY: won > 0.5,
+            EPISODE_LIMIT_KEY: truncated,
+            "dead_allies": int(dead_allies),
+            "dead_enemies": int(dead_enemies),
+        }
+        infos = {aid: dict(info) for aid in ids}
+    else:
+        infos = {}
+    return obs, rewards, terminateds, truncateds, infos
+
+
 class SMAXMultiAgentEnv(MultiAgentEnv):
     """A JaxMARL SMAX scenario behind the ``amal_rllib.envs.spec`` contract.
 
@@ -308,26 +337,9 @@ class SMAXMultiAgentEnv(MultiAgentEnv):
             raise ValueError(f"actions must lie in [0, {self._spec.n_actions}), got {dict(action_dict)}")
         self._key, self._state, out = self._program.step(self._key, self._state, actions, self._max_steps_arg)
         out = np.array(out)  # the one device-to-host transfer (a writable copy)
-        reward, decided, truncated, won, dead_allies, dead_enemies = out[n, :6].tolist()
-        terminated = decided > 0.5
-        truncated = truncated > 0.5
-        obs = split_packed(out[:n], self._ids, self._layout)
-        rewards = dict.fromkeys(self._ids, reward)
-        terminateds = dict.fromkeys(self._ids, terminated)
-        terminateds["__all__"] = terminated
-        truncateds = dict.fromkeys(self._ids, truncated)
-        truncateds["__all__"] = truncated
-        if terminated or truncated:
+        obs, rewards, terminateds, truncateds, infos = unpack_step(out, self._ids, self._layout)
+        if terminateds["__all__"] or truncateds["__all__"]:
             self._episode_over = True
-            info = {
-                BATTLE_WON_KEY: won > 0.5,
-                EPISODE_LIMIT_KEY: truncated,
-                "dead_allies": int(dead_allies),
-                "dead_enemies": int(dead_enemies),
-            }
-            infos = {aid: dict(info) for aid in self._ids}
-        else:
-            infos = {}
         return obs, rewards, terminateds, truncateds, infos
 
     # --- extras --------------------------------------------------------------
