@@ -7,7 +7,8 @@ Not part of CI. Rows are appended to ``<out>/curves.csv`` after every
 iteration, so an interrupted run keeps what it measured. ``--max-minutes-per-seed``
 caps the wall time of each seed; the summary says which budget stopped it.
 Writes ``curves.csv``, ``summary.csv`` (final/best greedy win rate, env steps
-to reach ``--target`` greedy win rate, wall time) and ``curves.png``.
+to reach ``--target`` greedy win rate, wall time), ``curves.png`` and one RLlib
+checkpoint per seed (``checkpoint_seed<N>``, for ``amal-replay``).
 """
 
 from __future__ import annotations
@@ -78,10 +79,12 @@ def run_seed(args: argparse.Namespace, seed: int, writer: csv.DictWriter, fh) ->
             if args.max_minutes_per_seed and wall > 60 * args.max_minutes_per_seed:
                 stop_reason = f"wall-time cap {args.max_minutes_per_seed} min"
                 break
+        checkpoint = algo.save_to_path(str((args.out / f"checkpoint_seed{seed}").resolve()))
     finally:
         algo.stop()
         ray.shutdown()
     return {
+        "checkpoint": checkpoint,
         "algo": "mappo", "scenario": args.scenario, "seed": seed, "env_steps": int(steps),
         "wall_s": round(time.perf_counter() - t0, 1), "final_eval_win_rate": last_eval,
         "best_eval_win_rate": best_eval, f"env_steps_to_eval_win_{args.target}": reached, "stopped_by": stop_reason,
