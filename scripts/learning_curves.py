@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=2_000_000)
     parser.add_argument("--max-minutes-per-seed", type=float, default=None)
     parser.add_argument("--target", type=float, default=0.8)
-    parser.add_argument("--runners", type=int, default=0)
+    parser.add_argument("--runners", type=int, default=2)
     parser.add_argument("--envs-per-runner", type=int, default=16)
     parser.add_argument("--train-batch", type=int, default=4000)
     parser.add_argument("--eval-interval", type=int, default=5)
