@@ -61,3 +61,64 @@ def summarize_result(result: dict, module_id: str = "shared_policy") -> dict[str
         TIME_THIS_ITER_S: iter_s,
         ENV_STEPS_PER_S: steps / iter_s if iter_s and iter_s > 0 else np.nan,
     }
+
+
+# AMAL (amal.md, "Metrics every iteration").
+ENV_STEPS_PRIMARY_LIFETIME = "env_steps_primary_lifetime"
+ENV_STEPS_AUX = "env_steps_auxiliary"
+ENV_STEPS_AUX_LIFETIME = "env_steps_auxiliary_lifetime"
+ENV_STEPS_TOTAL_LIFETIME = "env_steps_total_lifetime"
+WORLD_MODEL_LOSS = "world_model_loss"
+WORLD_MODEL_SAMPLES = "world_model_samples"
+MI_ESTIMATE_MEAN = "mi_estimate_mean"
+MI_ESTIMATE_STD = "mi_estimate_std"
+MI_ESTIMATE_POSITIVE_FRACTION = "mi_estimate_positive_fraction"
+MI_BONUS_MEAN = "mi_bonus_mean"
+MI_BONUS_STD = "mi_bonus_std"
+INTRINSIC_EXTRINSIC_RATIO = "intrinsic_extrinsic_ratio"
+AUX_SAMPLE_FRACTION = "aux_sample_fraction"
+AUX_IMPORTANCE_WEIGHT_MEAN = "aux_importance_weight_mean"
+AUX_WIN_RATE = "aux_win_rate"
+CEM_BEST_FITNESS = "cem_best_fitness"
+CEM_MEAN_FITNESS = "cem_mean_fitness"
+CEM_SIGMA_NORM = "cem_sigma_norm"
+CEM_GENERATION = "cem_generation"
+CEM_NOVELTY_MEAN = "cem_novelty_mean"
+
+#: Learner-side AMAL metrics (under ``learners/<module>``) and algorithm-side ones (top level).
+AMAL_LEARNER_METRICS = (
+    WORLD_MODEL_LOSS,
+    WORLD_MODEL_SAMPLES,
+    MI_ESTIMATE_MEAN,
+    MI_ESTIMATE_STD,
+    MI_ESTIMATE_POSITIVE_FRACTION,
+    MI_BONUS_MEAN,
+    MI_BONUS_STD,
+    INTRINSIC_EXTRINSIC_RATIO,
+    AUX_SAMPLE_FRACTION,
+    AUX_IMPORTANCE_WEIGHT_MEAN,
+)
+AMAL_ALGO_METRICS = (
+    ENV_STEPS_AUX,
+    ENV_STEPS_AUX_LIFETIME,
+    ENV_STEPS_PRIMARY_LIFETIME,
+    ENV_STEPS_TOTAL_LIFETIME,
+    AUX_WIN_RATE,
+    CEM_BEST_FITNESS,
+    CEM_MEAN_FITNESS,
+    CEM_SIGMA_NORM,
+    CEM_GENERATION,
+    CEM_NOVELTY_MEAN,
+)
+
+
+def summarize_amal_result(result: dict, module_id: str = "shared_policy") -> dict[str, float]:
+    """``summarize_result`` plus AMAL's metrics (NaN where an iteration did not produce one)."""
+    out = summarize_result(result, module_id)
+    learner = _get(result, "learners", module_id, default={})
+    for name in AMAL_LEARNER_METRICS:
+        out[name] = float(_get(learner, name))
+    for name in AMAL_ALGO_METRICS:
+        out[name] = float(result.get(name, np.nan))
+    out[LEARNER_DEVICE] = result.get(LEARNER_DEVICE, "cpu")
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .amal import AMALConfig
 from .mappo import MAPPOConfig
 
 
@@ -31,7 +32,9 @@ def mappo_config(
     register_envs()
     config = (
         config_cls()
-        .environment(RLLIB_ENV_NAMES[backend], env_config={"scenario": scenario, "backend": backend, **(env_kwargs or {})})
+        .environment(
+            RLLIB_ENV_NAMES[backend], env_config={"scenario": scenario, "backend": backend, **(env_kwargs or {})}
+        )
         .env_runners(
             num_env_runners=num_env_runners,
             num_envs_per_env_runner=num_envs_per_env_runner,
@@ -50,4 +53,29 @@ def mappo_config(
             evaluation_num_env_runners=0,
             evaluation_config=config_cls.overrides(explore=False, num_envs_per_env_runner=1),
         )
+    return config
+
+
+def amal_config(
+    scenario: str = "3m",
+    backend: str = "smax",
+    *,
+    num_aux_env_runners: int = 1,
+    config_cls: type[AMALConfig] = AMALConfig,
+    **kwargs: Any,
+) -> AMALConfig:
+    """AMAL on ``scenario``: :func:`mappo_config`'s settings (same primary runners, batch,
+    evaluation) plus AMAL's knobs (``lambda_info=...``, ``aux_ratio=...``, see ``AMALConfig``).
+
+    The world model skips the agent-id one-hot (``obs_id_dims`` = the team size).
+    """
+    from .envs.registry import scenario_n_agents
+
+    amal_knobs = {k: kwargs.pop(k) for k in list(kwargs) if hasattr(AMALConfig(), k) and not hasattr(MAPPOConfig(), k)}
+    config = mappo_config(scenario, backend, config_cls=config_cls, **kwargs)
+    config.training(
+        obs_id_dims=scenario_n_agents(scenario, backend), num_aux_env_runners=num_aux_env_runners, **amal_knobs
+    )
+    if num_aux_env_runners == 0 and "aux_ratio" not in amal_knobs:
+        config.training(aux_ratio=0.0)
     return config

@@ -51,6 +51,17 @@ def make_env(scenario: str = DEFAULT_SCENARIO, backend: str = DEFAULT_BACKEND, *
     return _ENV_CLASSES[backend](scenario, **kwargs)
 
 
+def scenario_n_agents(scenario: str = DEFAULT_SCENARIO, backend: str = DEFAULT_BACKEND) -> int:
+    """The team size of a scenario, without starting StarCraft II (SMAX builds its cached JAX program)."""
+    _check_backend(backend)
+    (check_smax_scenario if backend == "smax" else check_smac_scenario)(scenario)
+    if backend == "smac":
+        return SMAC_SCENARIOS[scenario].n_agents
+    from .smax import _program
+
+    return int(_program(scenario, {}).n_agents)
+
+
 def env_creator(config: Mapping[str, Any] | None = None) -> MultiAgentEnv:
     """RLlib env creator: ``{"scenario": ..., "backend": ..., **env kwargs}`` (an EnvContext works).
 

@@ -15,6 +15,10 @@ from ..core.losses import huber, masked_mean, ppo_clip_objective
 from ..envs.spec import ALIVE_KEY
 from ..metrics import CLIP_FRACTION
 
+#: Optional per-sample weight of the policy term (AMAL: clipped importance ratios of
+#: auxiliary samples, 1.0 for on-policy samples). Absent in MAPPO's batches.
+SAMPLE_WEIGHT = "sample_weight"
+
 
 def sample_mask(batch: dict) -> torch.Tensor:
     """1.0 for agent-steps that count in the loss: alive agents at real (unpadded) timesteps."""
@@ -34,6 +38,8 @@ class MAPPOTorchLearner(PPOTorchLearner):
         surrogate, clipped = ppo_clip_objective(
             logp, batch[Columns.ACTION_LOGP], batch[Postprocessing.ADVANTAGES], config.clip_param
         )
+        if SAMPLE_WEIGHT in batch:
+            surrogate = surrogate * batch[SAMPLE_WEIGHT]
         entropy = dist.entropy()
 
         targets = batch[Postprocessing.VALUE_TARGETS]

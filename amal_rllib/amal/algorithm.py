@@ -1,0 +1,313 @@
+"""``AMAL``: MAPPO's training loop plus the auxiliary population.
+
+``training_step`` only orchestrates:
+1. hand this iteration's CEM candidates to the auxiliary env runners (async);
+2. sample primary episodes, exactly as PPO/MAPPO do;
+3. collect the auxiliary episodes, score each candidate (world-model NLL on its
+   own rollouts minus ``cem_beta_dist * ||params - phi||``), store them in the
+   auxiliary buffer, and refit the CEM distribution when a generation is complete;
+4. update the learner on primary episodes plus ``aux_ratio`` of auxiliary ones
+   (MI bonus, importance weights and the isolated world model are in the
+   learner's connector and loss);
+5. sync the primary runners' weights; log env steps (primary, auxiliary, total).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+from ray.rllib.env.env_runner_group import EnvRunnerGroup
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.utils.metrics import (
+    ALL_MODULES,
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    NUM_MODULE_STEPS_TRAINED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+from ..core.cem import CEMPopulation, distance_penalised_fitness
+from ..mappo.algorithm import MAPPO
+from ..mappo.config import SHARED_POLICY
+from ..metrics import (
+    AUX_WIN_RATE,
+    BATTLE_WON,
+    CEM_BEST_FITNESS,
+    CEM_GENERATION,
+    CEM_MEAN_FITNESS,
+    CEM_NOVELTY_MEAN,
+    CEM_SIGMA_NORM,
+    ENV_STEPS_AUX,
+    ENV_STEPS_AUX_LIFETIME,
+    ENV_STEPS_PRIMARY_LIFETIME,
+    ENV_STEPS_TOTAL_LIFETIME,
+    LEARNER_DEVICE,
+)
+from .config import AMALConfig
+from .rollouts import (
+    AuxiliaryBuffer,
+    actor_layout,
+    actor_state_from_flat,
+    env_steps,
+    episode_transitions,
+    flatten_actor,
+    mark_auxiliary,
+    play_candidates,
+)
+
+logger = logging.getLogger(__name__)
+
+AUX_ENV_RUNNER_RESULTS = "aux_env_runners"
+_AUX_TAG = "amal_aux"
+STATE_KEY = "amal"
+
+
+def _actor_snapshot(learner, module_id: str) -> tuple[np.ndarray, list, str]:
+    actor = learner.module[module_id].unwrapped().actor
+    return flatten_actor(actor), actor_layout(actor), str(learner._device)
+
+
+def _world_model_nll(learner, module_id: str, transitions: list[dict]) -> list[float]:
+    return learner.world_model_nll(module_id, transitions)
+
+
+class AMAL(MAPPO):
+    @classmethod
+    def get_default_config(cls) -> AMALConfig:
+        return AMALConfig(cls)
+
+    @classmethod
+    def _base_bundles(cls, config) -> list[dict]:
+        # MAPPO's (PPO's) bundles: `cls.default_resource_request` would include the aux ones.
+        return list(super().default_resource_request(config).bundles)
+
+    @classmethod
+    def default_resource_request(cls, config) -> PlacementGroupFactory:
+        """MAPPO's bundles plus one per auxiliary env runner, so Tune reserves them too."""
+        base = super().default_resource_request(config)
+        cfg = config if isinstance(config, AMALConfig) else cls.get_default_config().update_from_dict(config)
+        aux = [{"CPU": cfg.num_cpus_per_aux_env_runner} for _ in range(cfg.num_aux_env_runners)]
+        return PlacementGroupFactory(bundles=list(base.bundles) + aux, strategy=base.strategy)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, config) -> None:
+        super().setup(config)
+        cfg: AMALConfig = self.config
+        self._aux_buffer = AuxiliaryBuffer(cfg.aux_buffer_capacity, seed=cfg.seed)
+        self._aux_env_steps_lifetime = 0
+        self._generation: np.ndarray | None = None
+        self._generation_fitness: np.ndarray | None = None
+        self._generation_novelty: np.ndarray | None = None
+        self._generation_queue: list[int] = []
+        self.last_aux_rollouts: list[tuple[int, list]] = []
+        phi, self._actor_layout, self._learner_device = self._on_learner(
+            functools.partial(_actor_snapshot, module_id=SHARED_POLICY)
+        )
+        self.aux_env_runner_group: EnvRunnerGroup | None = None
+        self.cem: CEMPopulation | None = None
+        if cfg.num_aux_env_runners > 0:
+            aux_config = cfg.copy(copy_frozen=False)
+            aux_config.env_runners(
+                num_env_runners=cfg.num_aux_env_runners,
+                num_envs_per_env_runner=1,
+                num_cpus_per_env_runner=cfg.num_cpus_per_aux_env_runner,
+            )
+            if cfg.seed is not None:
+                aux_config.debugging(seed=cfg.seed + 100_003)  # other env seeds than the primary runners'
+            aux_config.freeze()
+            self.aux_env_runner_group = EnvRunnerGroup(
+                env_creator=self.env_creator,
+                config=aux_config,
+                local_env_runner=False,
+                logdir=self.logdir,
+                tune_trial_id=self.trial_id,
+                pg_offset=len(self._base_bundles(cfg)) - 1,
+            )
+            self.cem = CEMPopulation(
+                phi,
+                init_sigma=cfg.cem_init_sigma,
+                population_size=cfg.cem_population_size,
+                elite_fraction=cfg.cem_elite_fraction,
+                sigma_floor=cfg.cem_sigma_floor,
+                seed=cfg.seed,
+            )
+
+    def cleanup(self) -> None:
+        if getattr(self, "aux_env_runner_group", None) is not None:
+            self.aux_env_runner_group.stop()
+        super().cleanup()
+
+    # --------------------------------------------------------------- training
+    def training_step(self) -> None:
+        cfg: AMALConfig = self.config
+        launched = self._launch_aux_rollouts() if self.aux_env_runner_group is not None else False
+
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, env_runner_results = synchronous_parallel_sample(
+                worker_set=self.env_runner_group,
+                max_env_steps=cfg.total_train_batch_size,
+                sample_timeout_s=cfg.sample_timeout_s,
+                _uses_new_env_runners=True,
+                _return_metrics=True,
+            )
+            if not episodes:
+                return
+            self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+
+        aux_steps = self._collect_aux_rollouts() if launched else 0
+        aux_episodes: list = []
+        if cfg.aux_ratio > 0 and len(self._aux_buffer):
+            wanted = round(env_steps(episodes) * cfg.aux_ratio / (1.0 - cfg.aux_ratio))
+            aux_episodes = self._aux_buffer.sample(wanted)
+
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            learner_results = self.learner_group.update(
+                episodes=list(episodes) + aux_episodes,
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                        (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)
+                    ),
+                    NUM_MODULE_STEPS_TRAINED_LIFETIME: self.metrics.peek(
+                        (LEARNER_RESULTS, ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME), default=0
+                    ),
+                },
+                num_epochs=cfg.num_epochs,
+                minibatch_size=cfg.minibatch_size,
+                shuffle_batch_per_epoch=cfg.shuffle_batch_per_epoch,
+            )
+            self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            modules = set(learner_results[0].keys()) - {ALL_MODULES}
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group, policies=modules, inference_only=True
+            )
+        self._log_env_steps(aux_steps)
+
+    def _phi(self) -> np.ndarray:
+        return self._on_learner(functools.partial(_actor_snapshot, module_id=SHARED_POLICY))[0]
+
+    def _on_learner(self, func):
+        """``func(learner)`` on the (first) learner, local or remote; all learners hold the same weights."""
+        return next(iter(self.learner_group.foreach_learner(func))).get()
+
+    def _launch_aux_rollouts(self) -> bool:
+        """Send this iteration's share of the current generation to the auxiliary runners (no waiting)."""
+        cfg: AMALConfig = self.config
+        if not self._generation_queue:
+            self._generation = self.cem.ask()
+            self._generation_fitness = np.full(len(self._generation), np.nan)
+            self._generation_novelty = np.full(len(self._generation), np.nan)
+            self._generation_queue = list(range(len(self._generation)))
+        take = self._generation_queue[: cfg.candidates_per_iteration]
+        del self._generation_queue[: len(take)]
+        workers = self.aux_env_runner_group.healthy_worker_ids()
+        if not workers:
+            raise RuntimeError("AMAL has no healthy auxiliary env runner left")
+        assignments: dict[int, list] = {w: [] for w in workers}
+        for i, candidate in enumerate(take):
+            state = actor_state_from_flat(self._generation[candidate], self._actor_layout)
+            assignments[workers[i % len(workers)]].append((candidate, state))
+        self.aux_env_runner_group.foreach_env_runner_async(
+            functools.partial(
+                play_candidates,
+                assignments=assignments,
+                num_episodes=cfg.aux_episodes_per_candidate,
+                module_id=SHARED_POLICY,
+            ),
+            tag=_AUX_TAG,
+            remote_worker_ids=list(assignments),
+        )
+        return True
+
+    def _collect_aux_rollouts(self) -> int:
+        """Wait for the auxiliary runners, score the candidates, fill the buffer; returns the aux env steps."""
+        cfg: AMALConfig = self.config
+        replies = self.aux_env_runner_group.fetch_ready_async_reqs(tags=_AUX_TAG, timeout_seconds=None)
+        played = [item for _, (items, _) in replies for item in items]
+        runner_metrics = [metrics for _, (_, metrics) in replies]
+        if runner_metrics:
+            self.metrics.aggregate(runner_metrics, key=AUX_ENV_RUNNER_RESULTS)
+        self.last_aux_rollouts = played
+        if not played:
+            return 0
+        for _, episodes in played:
+            mark_auxiliary(episodes)
+        transitions = [episode_transitions(episodes) for _, episodes in played]
+        novelty = self._on_learner(
+            functools.partial(_world_model_nll, module_id=SHARED_POLICY, transitions=transitions)
+        )
+        ids = np.array([candidate for candidate, _ in played])
+        fitness = distance_penalised_fitness(np.asarray(novelty), self._generation[ids], self._phi(), cfg.cem_beta_dist)
+        self._generation_novelty[ids] = novelty
+        self._generation_fitness[ids] = np.where(np.isfinite(fitness), fitness, -1e9)
+        steps = 0
+        for _, episodes in played:
+            self._aux_buffer.add(episodes)
+            steps += env_steps(episodes)
+        if not self._generation_queue and not np.isnan(self._generation_fitness).any():
+            stats = self.cem.tell(self._generation, self._generation_fitness)
+            for name, value in (
+                (CEM_BEST_FITNESS, stats.best_fitness),
+                (CEM_MEAN_FITNESS, stats.mean_fitness),
+                (CEM_SIGMA_NORM, stats.sigma_norm),
+                (CEM_GENERATION, float(stats.generation)),
+                (CEM_NOVELTY_MEAN, float(np.nanmean(self._generation_novelty))),
+            ):
+                self.metrics.log_value(name, value, window=1)
+            logger.debug("CEM generation %d: best fitness %.3f", stats.generation, stats.best_fitness)
+        return steps
+
+    def _log_env_steps(self, aux_steps: int) -> None:
+        self._aux_env_steps_lifetime += aux_steps
+        primary = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        for name, value in (
+            (ENV_STEPS_AUX, aux_steps),
+            (ENV_STEPS_AUX_LIFETIME, self._aux_env_steps_lifetime),
+            (ENV_STEPS_PRIMARY_LIFETIME, primary),
+            (ENV_STEPS_TOTAL_LIFETIME, primary + self._aux_env_steps_lifetime),
+        ):
+            self.metrics.log_value(name, float(value), window=1)
+        won = self.metrics.peek((AUX_ENV_RUNNER_RESULTS, BATTLE_WON), default=None)
+        if won is not None:
+            self.metrics.log_value(AUX_WIN_RATE, float(won), window=1)
+
+    def step(self) -> dict:
+        result = super().step()
+        result[LEARNER_DEVICE] = self._learner_device
+        return result
+
+    # ------------------------------------------------------------ checkpoints
+    def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        if self._check_component(STATE_KEY, components, not_components):
+            state[STATE_KEY] = {
+                "aux_env_steps_lifetime": self._aux_env_steps_lifetime,
+                "cem": self.cem.get_state() if self.cem is not None else None,
+                "generation": None if self._generation is None else self._generation.copy(),
+                "generation_fitness": None if self._generation_fitness is None else self._generation_fitness.copy(),
+                "generation_novelty": None if self._generation_novelty is None else self._generation_novelty.copy(),
+                "generation_queue": list(self._generation_queue),
+            }
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        amal = state.get(STATE_KEY)
+        if not amal:
+            return
+        self._aux_env_steps_lifetime = int(amal["aux_env_steps_lifetime"])
+        if self.cem is not None and amal["cem"] is not None:
+            self.cem.set_state(amal["cem"])
+        self._generation = amal["generation"]
+        self._generation_fitness = amal["generation_fitness"]
+        self._generation_novelty = amal["generation_novelty"]
+        self._generation_queue = list(amal["generation_queue"])

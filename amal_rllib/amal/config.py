@@ -1,0 +1,152 @@
+"""``AMALConfig``: MAPPO's config plus every knob of AMAL's three ideas (``amal.md``).
+
+With ``lambda_info = 0``, ``aux_ratio = 0`` and ``num_aux_env_runners = 0`` AMAL
+is MAPPO: same networks, same learner maths, same hyperparameters.
+
+Defaults and why they differ from the prototype's where they do:
+- ``lambda_info`` 0.5 scales the MI bonus *relative to the spread of the
+  extrinsic reward* in the batch (``bonus = lambda_info * std(r) * I_hat /
+  std(I_hat)``), so the knob means the same on every scenario.
+- ``num_aux_env_runners`` 1 (prototype: 32 auxiliary agents): a 2-core laptop
+  runs one auxiliary runner beside two primary ones; cluster presets raise it.
+  Every candidate of a generation is evaluated: ``ceil(cem_population_size /
+  evolution_frequency)`` candidates per iteration, spread over the runners.
+- ``world_model_train_samples`` caps the primary transitions per gradient step
+  of the world model (it trains on every minibatch of every epoch), which keeps
+  its cost bounded when batches grow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.rllib.algorithms.algorithm_config import NotProvided
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from ..mappo.config import MAPPOConfig
+
+#: Knob -> (kind, lower, upper, lower inclusive, upper inclusive). Bounds are where the maths stays defined.
+_NUMERIC_BOUNDS: dict[str, tuple[type, float, float, bool, bool]] = {
+    "lambda_info": (float, 0.0, math.inf, True, False),
+    "perturbation_std": (float, 0.0, 10.0, False, True),
+    "mi_samples_M": (int, 1, math.inf, True, False),
+    "mi_policies_K": (int, 1, math.inf, True, False),
+    "world_model_lr": (float, 0.0, 1.0, False, True),
+    "world_model_train_samples": (int, 1, math.inf, True, False),
+    "num_aux_env_runners": (int, 0, math.inf, True, False),
+    "aux_episodes_per_candidate": (int, 1, math.inf, True, False),
+    "cem_population_size": (int, 2, math.inf, True, False),
+    "cem_elite_fraction": (float, 0.0, 1.0, False, True),
+    "cem_init_sigma": (float, 0.0, math.inf, False, False),
+    "cem_beta_dist": (float, 0.0, math.inf, True, False),
+    "cem_sigma_floor": (float, 0.0, math.inf, True, False),
+    "evolution_frequency": (int, 1, math.inf, True, False),
+    "aux_ratio": (float, 0.0, 1.0, True, False),
+    "aux_buffer_capacity": (int, 1, math.inf, True, False),
+    "aux_importance_clip": (float, 0.0, math.inf, False, False),
+}
+
+AMAL_KNOBS = (*_NUMERIC_BOUNDS, "world_model_hidden", "obs_id_dims")
+
+
+class AMALConfig(MAPPOConfig):
+    def __init__(self, algo_class: type | None = None) -> None:
+        if algo_class is None:
+            from .algorithm import AMAL
+
+            algo_class = AMAL
+        super().__init__(algo_class=algo_class)
+        # Idea 2: MI bonus.
+        self.lambda_info = 0.5
+        self.perturbation_std = 0.05
+        self.mi_samples_M = 64
+        self.mi_policies_K = 10
+        # Idea 1: world model, primary data only.
+        self.world_model_hidden: tuple[int, ...] = (256, 256, 128)
+        self.world_model_lr = 3e-4
+        self.world_model_train_samples = 2048
+        #: Trailing entries of ``obs`` the world model does not predict (the agent-id one-hot).
+        #: None: the scenario's agent count, read from ``env_config`` by the presets.
+        self.obs_id_dims: int | None = None
+        # Idea 3: CEM auxiliary agents in their own env runners.
+        self.num_aux_env_runners = 1
+        self.num_cpus_per_aux_env_runner = 1
+        self.aux_episodes_per_candidate = 1
+        self.cem_population_size = 50
+        self.cem_elite_fraction = 0.3
+        self.cem_init_sigma = 0.15
+        self.cem_beta_dist = 0.3
+        self.cem_sigma_floor = 0.01
+        self.evolution_frequency = 5
+        self.aux_ratio = 0.5
+        self.aux_buffer_capacity = 100_000
+        self.aux_importance_clip = 1.0
+
+    def training(self, **kwargs: Any) -> AMALConfig:
+        amal = {k: kwargs.pop(k) for k in list(kwargs) if k in AMAL_KNOBS or k == "num_cpus_per_aux_env_runner"}
+        super().training(**kwargs)
+        for name, value in amal.items():
+            if value is not NotProvided:
+                setattr(self, name, tuple(value) if name == "world_model_hidden" else value)
+        return self
+
+    @property
+    def _model_config_auto_includes(self) -> dict[str, Any]:
+        return super()._model_config_auto_includes | {
+            "world_model_hidden": tuple(self.world_model_hidden),
+            "obs_id_dims": self.obs_id_dims or 0,
+        }
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        from .module import AMALTorchRLModule
+
+        return RLModuleSpec(module_class=AMALTorchRLModule)
+
+    def get_default_learner_class(self):
+        from .learner import AMALTorchLearner
+
+        return AMALTorchLearner
+
+    @property
+    def candidates_per_iteration(self) -> int:
+        """Candidates evaluated per training iteration, so a generation spans ``evolution_frequency`` iterations."""
+        return math.ceil(self.cem_population_size / self.evolution_frequency)
+
+    def mappo_errors(self) -> list[str]:
+        return super().mappo_errors() + self.amal_errors()
+
+    def amal_errors(self) -> list[str]:
+        """Every out-of-range AMAL setting, as messages that say what is allowed."""
+        errors = []
+        for name, (kind, low, high, low_in, high_in) in _NUMERIC_BOUNDS.items():
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (kind is int and not isinstance(value, int))
+            ):
+                errors.append(f"{name}={value!r}: must be {'an int' if kind is int else 'a number'}")
+                continue
+            ok_low = value >= low if low_in else value > low
+            ok_high = value <= high if high_in else value < high
+            if not (ok_low and ok_high):
+                interval = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+                errors.append(f"{name}={value}: must be in {interval}")
+        sizes = self.world_model_hidden
+        if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
+            errors.append(
+                f"world_model_hidden={sizes!r}: must be a non-empty sequence of positive ints, e.g. (256, 256, 128)"
+            )
+        if self.obs_id_dims is not None and (not isinstance(self.obs_id_dims, int) or self.obs_id_dims < 0):
+            errors.append(f"obs_id_dims={self.obs_id_dims!r}: must be None or an int >= 0")
+        if self.aux_ratio > 0 and self.num_aux_env_runners == 0:
+            errors.append(
+                f"aux_ratio={self.aux_ratio} needs auxiliary rollouts: set num_aux_env_runners >= 1 or aux_ratio=0"
+            )
+        if not errors and math.ceil(self.cem_elite_fraction * self.cem_population_size) < 2 < self.cem_population_size:
+            errors.append(
+                f"cem_elite_fraction={self.cem_elite_fraction} keeps fewer than 2 of {self.cem_population_size} "
+                "candidates: the refitted sigma would be the floor; raise one of them"
+            )
+        return errors

@@ -1,0 +1,156 @@
+"""AMAL's learner connector pieces (thin: unpack, call the pure maths, write columns, log).
+
+``MarkAuxiliaryRows`` (right after ``AddOneTsToEpisodesAndTruncate``): a 0/1
+column saying which rows came from auxiliary episodes (their episode ids carry
+``AUX_EPISODE_PREFIX``).
+
+``AMALRewardsAndOffPolicy`` (right before GAE, on the full batch, before any
+minibatching):
+- next-observation column for the world model: row ``t + 1`` of the same
+  episode chunk (every chunk ends with the phantom bootstrap row, whose loss
+  mask is 0, so row ``t + 1`` never belongs to another chunk for a real row);
+- ``world_model_mask``: real timestep, alive agent, primary episode;
+- Idea 2: ``lambda_info * std(r) * I_hat / std(I_hat)`` added to the rewards of
+  primary rows, so GAE turns the bonus into advantages;
+- auxiliary rows: the current policy's log-prob replaces the behaviour one in
+  ``action_logp`` (PPO's ratio is then taken against the current policy) and
+  ``sample_weight`` = ``min(pi(a|o) / mu(a|o), aux_importance_clip)`` with the
+  candidate's stored log-prob ``mu``: the truncated importance ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core.columns import Columns
+
+from ..core.mi import masked_log_policy, mi_estimate, normalised_bonus, sample_parameter_noise
+from ..core.world_model import action_log_likelihoods
+from ..envs.spec import ACTION_MASK_KEY, ALIVE_KEY, OBS_KEY
+from ..mappo.learner import SAMPLE_WEIGHT
+from ..metrics import (
+    AUX_IMPORTANCE_WEIGHT_MEAN,
+    AUX_SAMPLE_FRACTION,
+    INTRINSIC_EXTRINSIC_RATIO,
+    MI_BONUS_MEAN,
+    MI_BONUS_STD,
+    MI_ESTIMATE_MEAN,
+    MI_ESTIMATE_POSITIVE_FRACTION,
+    MI_ESTIMATE_STD,
+)
+
+AUX_EPISODE_PREFIX = "amal-aux-"
+AUXILIARY = "amal_auxiliary"
+NEXT_OBS = "amal_next_obs"
+WORLD_MODEL_MASK = "world_model_mask"
+
+
+def is_auxiliary_episode_id(episode_id: str) -> bool:
+    return str(episode_id).startswith(AUX_EPISODE_PREFIX)
+
+
+class MarkAuxiliaryRows(ConnectorV2):
+    def __call__(self, *, rl_module, batch, episodes, **kwargs) -> Any:
+        for sa_episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
+            flag = float(is_auxiliary_episode_id(sa_episode.multi_agent_episode_id or sa_episode.id_))
+            self.add_n_batch_items(batch, AUXILIARY, [flag] * len(sa_episode), len(sa_episode), sa_episode)
+        return batch
+
+
+class AMALRewardsAndOffPolicy(ConnectorV2):
+    def __init__(
+        self,
+        input_observation_space=None,
+        input_action_space=None,
+        *,
+        lambda_info: float,
+        perturbation_std: float,
+        mi_samples_M: int,
+        mi_policies_K: int,
+        aux_importance_clip: float,
+        seed: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        self.lambda_info = float(lambda_info)
+        self.perturbation_std = float(perturbation_std)
+        self.mi_samples_M = int(mi_samples_M)
+        self.mi_policies_K = int(mi_policies_K)
+        self.aux_importance_clip = float(aux_importance_clip)
+        self._seed = 0 if seed is None else int(seed)
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        # A generator of its own: the noise draws never shift the global torch RNG.
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self._seed + 7919)
+        return self._generators[key]
+
+    def __call__(self, *, rl_module, batch, episodes, metrics=None, **kwargs) -> Any:
+        for module_id, module_batch in batch.items():
+            module = rl_module[module_id]
+            if not hasattr(module, "world_model"):
+                continue
+            stats = self.process_module_batch(module, module_batch)
+            if metrics is not None:
+                metrics.log_dict(stats, key=module_id, window=1)
+        return batch
+
+    @torch.no_grad()
+    def process_module_batch(self, module, module_batch: dict) -> dict[str, float]:
+        obs = module_batch[Columns.OBS]
+        x, action_mask = obs[OBS_KEY], obs[ACTION_MASK_KEY]
+        alive = obs[ALIVE_KEY].reshape(-1) > 0.5
+        real = module_batch[Columns.LOSS_MASK].reshape(-1).bool()
+        aux = module_batch[AUXILIARY].reshape(-1) > 0.5 if AUXILIARY in module_batch else torch.zeros_like(real)
+        next_x = torch.roll(x, shifts=-1, dims=0)
+        primary = real & alive & ~aux
+        module_batch[NEXT_OBS] = next_x
+        module_batch[WORLD_MODEL_MASK] = primary.float()
+        stats: dict[str, float] = {AUX_SAMPLE_FRACTION: float((aux & real).sum() / real.sum().clamp_min(1))}
+
+        if self.lambda_info > 0 and int(primary.sum()) >= 2:
+            idx = primary.nonzero().squeeze(1)
+            log_lik = action_log_likelihoods(module.world_model, x[idx], next_x[idx])
+            params = {name: p.detach() for name, p in module.actor.named_parameters()}
+            noise = sample_parameter_noise(
+                params,
+                math.ceil(idx.numel() / self.mi_samples_M),
+                self.mi_policies_K,
+                self.perturbation_std,
+                generator=self._generator(x.device),
+            )
+            mi = mi_estimate(module.actor, params, noise, x[idx], action_mask[idx], log_lik)
+            extrinsic = module_batch[Columns.REWARDS][idx].float()
+            bonus = normalised_bonus(mi, self.lambda_info, scale=float(extrinsic.std()))
+            rewards = module_batch[Columns.REWARDS].clone()
+            rewards[idx] += bonus.to(rewards.dtype)
+            module_batch[Columns.REWARDS] = rewards
+            stats |= {
+                MI_ESTIMATE_MEAN: float(mi.mean()),
+                MI_ESTIMATE_STD: float(mi.std()),
+                MI_ESTIMATE_POSITIVE_FRACTION: float((mi > 0).float().mean()),
+                MI_BONUS_MEAN: float(bonus.mean()),
+                MI_BONUS_STD: float(bonus.std()),
+                INTRINSIC_EXTRINSIC_RATIO: float(bonus.abs().sum() / extrinsic.abs().sum().clamp_min(1e-8)),
+            }
+
+        weights = torch.ones_like(real, dtype=torch.float32)
+        aux_rows = aux & real
+        if bool(aux_rows.any()):
+            logits = module.actor(x[aux_rows])
+            log_pi = masked_log_policy(logits, action_mask[aux_rows])
+            current = log_pi.gather(1, module_batch[Columns.ACTIONS][aux_rows].long()[:, None]).squeeze(1)
+            behaviour = module_batch[Columns.ACTION_LOGP][aux_rows]
+            ratio = torch.exp(current - behaviour).clamp(max=self.aux_importance_clip)
+            weights[aux_rows] = ratio.float()
+            logp = module_batch[Columns.ACTION_LOGP].clone()
+            logp[aux_rows] = current.to(logp.dtype)
+            module_batch[Columns.ACTION_LOGP] = logp
+            stats[AUX_IMPORTANCE_WEIGHT_MEAN] = float(ratio.mean())
+        module_batch[SAMPLE_WEIGHT] = weights
+        return stats

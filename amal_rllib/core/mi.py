@@ -1,0 +1,168 @@
+"""Proposition 1: the importance-sampled estimate of ``I(theta; O)`` per transition.
+
+::
+
+    I_hat(o, o') = log p(o' | o, theta, pi) - log( (1/K) sum_k p(o' | o, theta, pi_k) )
+    p(o' | o, theta, pi) = sum_a pi(a | o) N(o'; mu_theta(o, a), sigma^2)     (valid a only)
+    pi_k = pi with parameters phi + eps_k,  eps_k ~ N(0, perturbation_std^2 I)
+
+The sum over actions uses the whole masked action distribution (log-sum-exp),
+never an ``argmax``. Each chunk of ``M`` transitions (``mi_samples_M``) gets its
+own ``K`` draws, and all ``C x K`` perturbed actors run in one batched call
+(``torch.func.functional_call`` under two ``vmap``\\ s): no Python loop over
+samples or policies, no copy of the policy.
+
+Two exact identities are built in so the degenerate cases give exactly 0, not
+rounding noise: the row maximum of ``log N`` is subtracted (it cancels between
+the two terms), and each mixture is divided by ``sum_a pi(a)`` (which is 1).
+So ``I_hat == 0`` exactly when every ``pi_k`` equals ``pi`` or when the world
+model ignores the action.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .losses import mask_logits
+
+Params = Mapping[str, torch.Tensor]
+
+
+def masked_log_policy(logits: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """``log pi(a | o)`` ``[..., A]`` with invalid actions at ``-inf``."""
+    log_pi = torch.log_softmax(mask_logits(logits, action_mask), dim=-1)
+    return torch.where(action_mask > 0.5, log_pi, torch.full_like(log_pi, -math.inf))
+
+
+def centred_log_likelihoods(log_lik: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """``log N(o'; mu(o,a))`` ``[B, A]`` minus its maximum over valid actions (invalid -> ``-inf``)."""
+    log_lik = torch.where(action_mask > 0.5, log_lik, torch.full_like(log_lik, -math.inf))
+    return log_lik - log_lik.max(dim=-1, keepdim=True).values
+
+
+def mixture_log_prob(log_pi: torch.Tensor, centred_log_lik: torch.Tensor) -> torch.Tensor:
+    """``log sum_a pi(a) N(o'; mu(o,a)) - log sum_a pi(a)`` over the last axis: ``[..., A] -> [...]``."""
+    return torch.logsumexp(log_pi + centred_log_lik, dim=-1) - torch.logsumexp(log_pi, dim=-1)
+
+
+def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log mean exp(x)`` along ``dim``; exactly ``x`` when all entries are equal."""
+    top = x.max(dim=dim, keepdim=True).values
+    return (top + torch.log(torch.exp(x - top).mean(dim=dim, keepdim=True))).squeeze(dim)
+
+
+def sample_parameter_noise(
+    params: Params, num_chunks: int, num_policies: int, std: float, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """``eps`` ``{name: [C, K, *shape]}`` ~ ``N(0, std^2)``, one set of ``K`` draws per chunk."""
+    return {
+        name: torch.randn((num_chunks, num_policies, *p.shape), generator=generator, device=p.device, dtype=p.dtype)
+        * std
+        for name, p in params.items()
+    }
+
+
+def perturbed_log_policies(
+    actor: nn.Module, params: Params, noise: Params, obs: torch.Tensor, action_mask: torch.Tensor
+) -> torch.Tensor:
+    """``log pi_k(a | o)`` for the unperturbed actor (k = 0) and each ``phi + eps_k`` (k = 1..K).
+
+    ``noise`` ``{name: [C, K, *shape]}``; ``obs`` ``[C, M, Do]``; ``action_mask``
+    ``[C, M, A]``. Returns ``[C, K + 1, M, A]``. The unperturbed actor runs
+    inside the same batched call (zero noise), so it is computed by exactly the
+    same kernels as the perturbed ones.
+    """
+    with_zero = {name: torch.cat([torch.zeros_like(eps[:, :1]), eps], dim=1) for name, eps in noise.items()}
+
+    def one_policy(eps: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(actor, {name: params[name] + eps[name] for name in params}, (x,))
+
+    over_policies = vmap(one_policy, in_dims=(0, None))  # eps [K+1, ...], x [M, Do] -> [K+1, M, A]
+    logits = vmap(over_policies, in_dims=(0, 0))(with_zero, obs)  # [C, K+1, M, A]
+    return masked_log_policy(logits, action_mask[:, None])
+
+
+def mi_estimate(
+    actor: nn.Module,
+    params: Params,
+    noise: Params,
+    obs: torch.Tensor,
+    action_mask: torch.Tensor,
+    log_lik: torch.Tensor,
+) -> torch.Tensor:
+    """``I_hat`` ``[B]`` for ``B`` transitions, chunk ``c`` using draws ``noise[name][c]``.
+
+    ``actor``: the policy network (its parameters are replaced by ``params`` +
+    noise); ``obs`` ``[B, Do]`` and ``action_mask`` ``[B, A]`` at ``o``;
+    ``log_lik`` ``[B, A]`` = ``log p_theta(o' | o, a)`` of the observed ``o'`` for
+    every action (see ``world_model.action_log_likelihoods``). ``B`` is padded
+    up to ``C * M`` with ``C`` = the noise's chunk count.
+    """
+    num_chunks = next(iter(noise.values())).shape[0]
+    batch = obs.shape[0]
+    chunk = max(1, math.ceil(batch / num_chunks))
+    pad = num_chunks * chunk - batch
+    if pad < 0:
+        raise ValueError(f"{num_chunks} noise chunks cannot cover {batch} transitions")
+    centred = centred_log_likelihoods(log_lik, action_mask)
+    if pad:
+        obs = torch.cat([obs, obs[-1:].expand(pad, -1)])
+        action_mask = torch.cat([action_mask, action_mask[-1:].expand(pad, -1)])
+        centred = torch.cat([centred, centred[-1:].expand(pad, -1)])
+    log_pis = perturbed_log_policies(
+        actor, params, noise, obs.view(num_chunks, chunk, -1), action_mask.view(num_chunks, chunk, -1)
+    )
+    log_p = mixture_log_prob(log_pis, centred.view(num_chunks, 1, chunk, -1))  # [C, K+1, M]
+    estimate = log_p[:, 0] - log_mean_exp(log_p[:, 1:], dim=1)  # [C, M]
+    return estimate.reshape(-1)[:batch]
+
+
+def mi_estimate_reference(
+    actor: nn.Module,
+    params: Params,
+    noise: Params,
+    obs: torch.Tensor,
+    action_mask: torch.Tensor,
+    log_lik: torch.Tensor,
+) -> torch.Tensor:
+    """The same formula as :func:`mi_estimate`, one sample and one policy at a time.
+
+    A slow, literal reference for tests (Python loops, ``p = sum_a pi(a) N(...)``
+    in probability space relative to the row maximum). Not for training.
+    """
+    num_chunks = next(iter(noise.values())).shape[0]
+    num_policies = next(iter(noise.values())).shape[1]
+    chunk = max(1, math.ceil(obs.shape[0] / num_chunks))
+    out = torch.empty(obs.shape[0], dtype=torch.float64)
+    for b in range(obs.shape[0]):
+        c = b // chunk
+        valid = action_mask[b] > 0.5
+        lik = torch.exp((log_lik[b] - log_lik[b][valid].max()).double()) * valid
+
+        def p_next(param_set: Params, x=obs[b : b + 1], valid=valid, lik=lik) -> torch.Tensor:
+            logits = functional_call(actor, dict(param_set), (x,))[0].double()
+            probs = torch.softmax(logits.masked_fill(~valid, -math.inf), dim=-1)
+            return (probs * lik).sum()
+
+        base = p_next(params)
+        perturbed = [p_next({n: params[n] + noise[n][c, k] for n in params}) for k in range(num_policies)]
+        out[b] = torch.log(base) - torch.log(torch.stack(perturbed).mean())
+    return out.to(obs.dtype)
+
+
+def normalised_bonus(mi: torch.Tensor, lambda_info: float, scale: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
+    """``lambda_info * scale * I_hat / std(I_hat)``: the intrinsic reward (``[B] -> [B]``).
+
+    ``scale`` is the spread of the extrinsic reward, so ``lambda_info`` is the
+    ratio of the two spreads whatever the scenario's reward units. Dividing by
+    the batch standard deviation (not centring) keeps the sign of ``I_hat``.
+    All-zero estimates give an all-zero bonus.
+    """
+    if mi.numel() < 2:
+        return torch.zeros_like(mi)
+    return lambda_info * scale * mi / (mi.std() + eps)

@@ -1,0 +1,180 @@
+"""AMAL's learner on real SMAX 3m episodes (no Ray actors): isolation, the bonus
+reaching the gradient, and the exact reduction to MAPPO."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+from amal_rllib.amal.connectors import AUXILIARY, WORLD_MODEL_MASK
+from amal_rllib.amal.learner import world_model_rows
+from amal_rllib.amal.rollouts import episode_transitions, mark_auxiliary
+from amal_rllib.core.world_model import world_model_loss
+from amal_rllib.env_runner import TeamEnvRunner
+from amal_rllib.envs.registry import make_env
+from amal_rllib.mappo.config import SHARED_POLICY
+from amal_rllib.mappo.learner import SAMPLE_WEIGHT
+from amal_rllib.presets import amal_config, mappo_config
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(num_env_runners=0, num_envs_per_env_runner=4, train_batch_size=200, evaluation_interval=None, seed=0)
+
+
+def amal(**knobs):
+    knobs = {"num_aux_env_runners": 0, **knobs}
+    return amal_config("3m", **SMALL, **knobs).training(minibatch_size=256, num_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def episodes_blob():
+    """Pickled (primary episode chunks, whole 'auxiliary' episodes) from a real SMAX runner."""
+    config = amal()
+    runner = TeamEnvRunner(config=config)
+    primary = runner.sample(num_timesteps=200)
+    # Different behaviour weights for the "auxiliary" episodes, as a CEM candidate would have.
+    module = runner.module[SHARED_POLICY]
+    with torch.no_grad():
+        for p in module.actor.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    aux = runner.sample(num_episodes=4)
+    runner.stop()
+    mark_auxiliary(aux)
+    return pickle.dumps((primary, aux))
+
+
+def fresh(blob):
+    return pickle.loads(blob)
+
+
+def build_learner(config, seed=0):
+    spec = make_env("3m", "smax").get_env_info()
+    torch.manual_seed(seed)
+    learner = config.build_learner(spaces={SHARED_POLICY: (spec.observation_space(), spec.action_space())})
+    return learner
+
+
+def connector_batch(learner, episodes):
+    return learner._learner_connector(
+        rl_module=learner.module, batch={}, episodes=episodes, shared_data={}, metrics=learner.metrics
+    )[SHARED_POLICY]
+
+
+def update(learner, episodes, seed=0):
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    learner.update(episodes=episodes, num_epochs=2, minibatch_size=256, shuffle_batch_per_epoch=True)
+
+
+def params_of(learner, prefix):
+    return {k: v.detach().clone() for k, v in learner.module[SHARED_POLICY].named_parameters() if k.startswith(prefix)}
+
+
+def test_world_model_gradient_ignores_auxiliary_samples(episodes_blob):
+    learner = build_learner(amal(lambda_info=0.0, aux_ratio=0.0))
+    primary, aux = fresh(episodes_blob)
+    # Poison the auxiliary observations: any of them reaching the world model changes its loss.
+    for episode in aux:
+        for sa in episode.agent_episodes.values():
+            sa.observations.data["obs"][:] = 1e6
+    batches = [connector_batch(learner, fresh(episodes_blob)[0]), connector_batch(learner, primary + aux)]
+    assert batches[1][AUXILIARY].sum() > 0 and batches[0][AUXILIARY].sum() == 0
+
+    grads = []
+    wm = learner.module[SHARED_POLICY].world_model
+    for batch in batches:
+        wm.zero_grad()
+        loss = world_model_loss(wm, *world_model_rows(batch))
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in wm.named_parameters()})
+    for name in grads[0]:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+
+    # Exactly the alive, real, primary agent-steps reach the loss, with the true next observation.
+    truth = episode_transitions(fresh(episodes_blob)[0])
+    obs, actions, next_obs = world_model_rows(batches[1])
+    assert obs.shape[0] == len(truth["actions"]) == int(batches[1][WORLD_MODEL_MASK].sum())
+
+    def rows(o, a, n):  # the transitions as a sorted multiset (batch order is RLlib's business)
+        table = np.concatenate(
+            [np.asarray(o, np.float64), np.asarray(a, np.float64)[:, None], np.asarray(n, np.float64)], 1
+        )
+        return table[np.lexsort(table.T[::-1])]
+
+    assert np.array_equal(rows(obs, actions, next_obs), rows(truth["obs"], truth["actions"], truth["next_obs"]))
+    assert not torch.any(obs >= 1e6)
+
+
+def test_auxiliary_rows_get_clipped_importance_weights(episodes_blob):
+    learner = build_learner(amal(lambda_info=0.0, aux_ratio=0.5, num_aux_env_runners=1))
+    primary, aux = fresh(episodes_blob)
+    batch = connector_batch(learner, primary + aux)
+    is_aux = (batch[AUXILIARY] > 0.5) & batch[Columns.LOSS_MASK].bool()
+    weights = batch[SAMPLE_WEIGHT]
+    assert torch.all(weights[~is_aux] == 1.0)
+    assert torch.all((weights[is_aux] > 0) & (weights[is_aux] <= 1.0))
+    assert weights[is_aux].min() < 1.0  # the candidate's behaviour differs from pi
+
+
+def test_mi_bonus_reaches_the_policy_update(episodes_blob):
+    learners = {lam: build_learner(amal(lambda_info=lam, aux_ratio=0.0)) for lam in (0.0, 0.5)}
+    for learner in learners.values():
+        # A world model whose predictions depend on the action (fresh heads predict "no change").
+        torch.manual_seed(1)
+        torch.nn.init.normal_(learner.module[SHARED_POLICY].world_model.heads.weight, std=0.05)
+    rewards = {lam: connector_batch(lrn, fresh(episodes_blob)[0])[Columns.REWARDS] for lam, lrn in learners.items()}
+    assert not torch.equal(rewards[0.0], rewards[0.5])
+    before = params_of(learners[0.0], "actor.")
+    assert all(torch.equal(before[k], v) for k, v in params_of(learners[0.5], "actor.").items())
+    for learner in learners.values():
+        update(learner, fresh(episodes_blob)[0])
+    after0, after5 = params_of(learners[0.0], "actor."), params_of(learners[0.5], "actor.")
+    assert any(not torch.equal(after0[k], after5[k]) for k in after0)
+
+
+def test_amal_without_its_ideas_is_mappo(episodes_blob):
+    mappo = build_learner(mappo_config("3m", **SMALL).training(minibatch_size=256, num_epochs=2))
+    amal_learner = build_learner(amal(lambda_info=0.0, aux_ratio=0.0))
+    shared = ("actor.", "critic.")
+    for prefix in shared:
+        a, b = params_of(mappo, prefix), params_of(amal_learner, prefix)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    update(mappo, fresh(episodes_blob)[0])
+    update(amal_learner, fresh(episodes_blob)[0])
+    for prefix in shared:
+        a, b = params_of(mappo, prefix), params_of(amal_learner, prefix)
+        assert all(torch.equal(a[k], b[k]) for k in a), prefix
+    moved = params_of(mappo, "actor.")
+    assert any(
+        not torch.equal(moved[k], v) for k, v in copy.deepcopy(params_of(build_learner(amal()), "actor.")).items()
+    )
+
+
+def test_config_rejects_out_of_range_knobs():
+    config = amal_config("3m", **SMALL).training(
+        lambda_info=-1.0,
+        perturbation_std=0.0,
+        mi_policies_K=0,
+        cem_elite_fraction=1.5,
+        aux_ratio=1.0,
+        world_model_hidden=(0,),
+        evolution_frequency=0,
+    )
+    with pytest.raises(ValueError) as err:
+        config.validate()
+    message = str(err.value)
+    for knob in (
+        "lambda_info",
+        "perturbation_std",
+        "mi_policies_K",
+        "cem_elite_fraction",
+        "aux_ratio",
+        "world_model_hidden",
+        "evolution_frequency",
+    ):
+        assert knob in message, knob
+    with pytest.raises(ValueError, match="num_aux_env_runners"):
+        amal_config("3m", num_aux_env_runners=0, aux_ratio=0.5, **SMALL).validate()

@@ -1,0 +1,131 @@
+"""Real AMAL training on SMAX 3m with auxiliary env runners (local Ray)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+from amal_rllib.amal import AMAL
+from amal_rllib.amal.connectors import is_auxiliary_episode_id
+from amal_rllib.amal.rollouts import actor_state_from_flat
+from amal_rllib.core.mi import masked_log_policy
+from amal_rllib.mappo.config import SHARED_POLICY
+from amal_rllib.mappo.module import build_mlp
+from amal_rllib.metrics import (
+    CEM_BEST_FITNESS,
+    CEM_GENERATION,
+    ENV_STEPS_AUX,
+    ENV_STEPS_AUX_LIFETIME,
+    ENV_STEPS_PRIMARY_LIFETIME,
+    ENV_STEPS_SAMPLED_LIFETIME,
+    ENV_STEPS_TOTAL_LIFETIME,
+    WORLD_MODEL_LOSS,
+    summarize_amal_result,
+)
+from amal_rllib.presets import amal_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def actor_logp(flat, layout, episodes):
+    """Log-probs of the actions in ``episodes`` under the actor with flat parameters ``flat``."""
+    shapes = dict(layout)
+    actor = build_mlp(shapes["0.weight"][0], (64, 64), shapes[layout[-1][0]][0], True, 0.01)
+    actor.load_state_dict(
+        {k[len("actor.") :]: torch.as_tensor(v) for k, v in actor_state_from_flat(flat, layout).items()}
+    )
+    out, stored = [], []
+    for episode in episodes:
+        for sa in episode.agent_episodes.values():
+            obs = sa.get_observations()
+            with torch.no_grad():
+                log_pi = masked_log_policy(
+                    actor(torch.as_tensor(obs["obs"][:-1])), torch.as_tensor(obs["action_mask"][:-1])
+                )
+            actions = torch.as_tensor(np.asarray(sa.get_actions())).long()
+            out.append(log_pi.gather(1, actions[:, None]).squeeze(1).numpy())
+            stored.append(np.asarray(sa.get_extra_model_outputs(Columns.ACTION_LOGP)))
+    return np.concatenate(out), np.concatenate(stored)
+
+
+def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
+    config = amal_config(
+        "3m",
+        num_env_runners=0,
+        num_envs_per_env_runner=4,
+        train_batch_size=400,
+        evaluation_interval=2,
+        evaluation_episodes=2,
+        num_aux_env_runners=2,
+        cem_population_size=4,
+        evolution_frequency=2,
+        seed=0,
+    ).training(num_epochs=2)
+    algo = config.build_algo()
+    try:
+        results = [summarize_amal_result(algo.train()) for _ in range(2)]
+        phi = algo._phi()
+
+        # 6. Each candidate played whole episodes in an auxiliary runner with its own weights.
+        rollouts = algo.last_aux_rollouts
+        assert len(rollouts) == 2 and {c for c, _ in rollouts} == {2, 3}  # second half of generation 1
+        for candidate, episodes in rollouts:
+            assert episodes and all(e.is_done for e in episodes)
+            assert all(is_auxiliary_episode_id(e.id_) for e in episodes)
+            weights = algo._generation[candidate]
+            assert not np.allclose(weights, phi)
+            own, stored = actor_logp(weights, algo._actor_layout, episodes)
+            assert np.allclose(own, stored, atol=1e-5), "every step was played by the candidate"
+            primary, _ = actor_logp(phi, algo._actor_layout, episodes)
+            assert not np.allclose(primary, stored, atol=1e-3)
+        runner_weights = algo.aux_env_runner_group.foreach_env_runner(
+            lambda r: r.module[SHARED_POLICY].actor[1].weight.detach().numpy().copy(), local_env_runner=False
+        )
+        assert len(runner_weights) == 2 and not np.allclose(runner_weights[0], runner_weights[1])
+        assert not np.allclose(
+            runner_weights[0], algo.env_runner.module[SHARED_POLICY].actor[1].weight.detach().numpy()
+        )
+
+        # Env steps: primary and auxiliary counted apart, the total is their sum.
+        last = results[-1]
+        assert last[ENV_STEPS_PRIMARY_LIFETIME] == last[ENV_STEPS_SAMPLED_LIFETIME] >= 800
+        assert last[ENV_STEPS_AUX] > 0
+        assert last[ENV_STEPS_TOTAL_LIFETIME] == last[ENV_STEPS_PRIMARY_LIFETIME] + last[ENV_STEPS_AUX_LIFETIME]
+        assert last[CEM_GENERATION] == 1 and math.isfinite(last[CEM_BEST_FITNESS])
+        for name in (
+            "win_rate",
+            "episode_return_mean",
+            "policy_loss",
+            "vf_loss",
+            "entropy",
+            WORLD_MODEL_LOSS,
+            "mi_estimate_mean",
+            "mi_bonus_std",
+            "aux_sample_fraction",
+            "eval_win_rate",
+        ):
+            assert math.isfinite(last[name]), name
+        assert last["learner_device"] == "cpu"
+
+        # 7. Checkpoint -> restore -> continue.
+        path = algo.save_to_path(str(tmp_path / "ckpt"))
+        cem_state, aux_lifetime = algo.cem.get_state(), last[ENV_STEPS_AUX_LIFETIME]
+        wm = {
+            k: v.clone() for k, v in algo.learner_group._learner.module[SHARED_POLICY].world_model.state_dict().items()
+        }
+    finally:
+        algo.stop()
+
+    restored = AMAL.from_checkpoint(path)
+    try:
+        assert np.array_equal(restored.cem.get_state()["mean"], cem_state["mean"])
+        assert restored.cem.generation == cem_state["generation"]
+        restored_wm = restored.learner_group._learner.module[SHARED_POLICY].world_model.state_dict()
+        assert all(torch.equal(wm[k], restored_wm[k]) for k in wm)
+        again = summarize_amal_result(restored.train())
+        assert again[ENV_STEPS_AUX_LIFETIME] > aux_lifetime
+        assert math.isfinite(again["policy_loss"])
+    finally:
+        restored.stop()
