@@ -86,34 +86,42 @@ def adapter(scenario: str, steps: int) -> float:
 
 
 def mappo_iterations(
-    scenario: str, runners: int, iterations: int, envs_per_runner: int, batch: int, vectorize: bool = True
+    scenario: str, runners: int, iterations: int, envs_per_runner: int, batch: int, vectorize: bool = True,
+    algo: str = "mappo", warmup: int = 1, **amal_knobs,
 ) -> dict:
     import ray
 
-    from amal_rllib.metrics import ENV_STEPS_SAMPLED, summarize_result
-    from amal_rllib.presets import mappo_config
+    from amal_rllib.metrics import ENV_STEPS_AUX, ENV_STEPS_SAMPLED, summarize_amal_result, summarize_result
+    from amal_rllib.presets import amal_config, mappo_config
 
-    config = mappo_config(
-        scenario, num_env_runners=runners, num_envs_per_env_runner=envs_per_runner,
-        train_batch_size=batch, evaluation_interval=None, env_kwargs={"vectorize": vectorize},
+    common = dict(
+        num_env_runners=runners, num_envs_per_env_runner=envs_per_runner, train_batch_size=batch,
+        evaluation_interval=None, env_kwargs={"vectorize": vectorize},
     )
-    algo = config.build_algo()
+    config = amal_config(scenario, **common, **amal_knobs) if algo == "amal" else mappo_config(scenario, **common)
+    summarize = summarize_amal_result if algo == "amal" else summarize_result
+    trainer = config.build_algo()
     try:
-        algo.train()  # warm-up: JIT compilation, first episodes
-        steps = 0.0
+        for _ in range(warmup):  # JIT compilation, first episodes (AMAL: a filled auxiliary buffer)
+            trainer.train()
+        steps = aux = 0.0
         t0 = time.perf_counter()
         timers = []
         for _ in range(iterations):
-            result = algo.train()
-            steps += summarize_result(result)[ENV_STEPS_SAMPLED]
-            timers.append(result["timers"])
+            result = summarize(raw := trainer.train())
+            steps += result[ENV_STEPS_SAMPLED]
+            aux += result.get(ENV_STEPS_AUX, 0.0)
+            timers.append(raw["timers"])
         wall = time.perf_counter() - t0
     finally:
-        algo.stop()
+        trainer.stop()
     ray.shutdown()
     # RLlib's timers are moving averages that include the warm-up iteration; report the last.
     learn_s = timers[-1].get("learner_update_timer", np.nan)
-    return {"steps_per_s": steps / wall, "learn_s": learn_s, "iter_s": wall / iterations}
+    return {
+        "steps_per_s": steps / wall, "learn_s": learn_s, "iter_s": wall / iterations,
+        "aux_steps_per_iter": aux / iterations,
+    }
 
 
 def main() -> None:
@@ -125,12 +133,17 @@ def main() -> None:
     parser.add_argument("--runners", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--envs-per-runner", type=int, default=16)
     parser.add_argument("--train-batch", type=int, default=4000)
+    parser.add_argument("--amal", action="store_true",
+                        help="AMAL vs MAPPO iteration time with the same primary runners (+1 auxiliary runner)")
+    parser.add_argument("--amal-only", action="store_true", help="skip the env and MAPPO-scaling rows")
     parser.add_argument("--compare-sync", action="store_true",
                         help="also time RLlib's SyncVectorMultiAgentEnv (local runner) as a baseline")
     args = parser.parse_args()
 
     import ray
 
+    if args.amal_only:
+        return compare_amal(args)
     single, vmapped = raw_smax(args.scenario, args.steps, args.batch)
     wrapped = adapter(args.scenario, args.steps)
     print(f"SMAX {args.scenario} throughput (env steps/s; one step moves the whole team)")
@@ -152,6 +165,33 @@ def main() -> None:
             f"   (iteration {res['iter_s']:.2f} s, learner update ~{res['learn_s']:.2f} s)"
         )
     print("goal: >= 1,000 env steps/s per MAPPO iteration on SMAX 3m with 2 CPU cores")
+    if args.amal:
+        compare_amal(args)
+
+
+def compare_amal(args) -> None:
+    """AMAL vs MAPPO, same primary runners and batch; AMAL adds one auxiliary runner.
+
+    Ray gets one logical CPU per runner (3 on this 2-core machine for both runs),
+    so the auxiliary runner competes for the same two cores: that cost is measured.
+    """
+    import ray
+
+    runners = max(args.runners)
+    rows = {}
+    for algo in ("mappo", "amal"):
+        ray.init(num_cpus=runners + 1, include_dashboard=False, log_to_driver=False)
+        rows[algo] = mappo_iterations(
+            args.scenario, runners, args.iterations, args.envs_per_runner, args.train_batch, algo=algo, warmup=3,
+        )
+    m, a = rows["mappo"], rows["amal"]
+    print(f"AMAL vs MAPPO on SMAX {args.scenario}: {runners} primary runners x {args.envs_per_runner} envs, "
+          f"batch {args.train_batch}; AMAL + 1 auxiliary runner (defaults: lambda_info 0.5, aux_ratio 0.5)")
+    print(f"{'algorithm':<10}{'iteration s':>12}{'learner s':>11}{'primary steps/s':>17}{'aux steps/iter':>16}")
+    for name, r in rows.items():
+        print(f"{name:<10}{r['iter_s']:>12.2f}{r['learn_s']:>11.2f}{r['steps_per_s']:>17.0f}"
+              f"{r['aux_steps_per_iter']:>16.0f}")
+    print(f"AMAL / MAPPO iteration time: {a['iter_s'] / m['iter_s']:.2f}x (goal <= 1.3x)")
 
 
 if __name__ == "__main__":

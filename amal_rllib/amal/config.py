@@ -60,12 +60,12 @@ class AMALConfig(MAPPOConfig):
         # Idea 2: MI bonus.
         self.lambda_info = 0.5
         self.perturbation_std = 0.05
-        self.mi_samples_M = 64
+        self.mi_samples_M = 256
         self.mi_policies_K = 10
         # Idea 1: world model, primary data only.
         self.world_model_hidden: tuple[int, ...] = (256, 256, 128)
         self.world_model_lr = 3e-4
-        self.world_model_train_samples = 2048
+        self.world_model_train_samples = 256
         #: Trailing entries of ``obs`` the world model does not predict (the agent-id one-hot).
         #: None: the scenario's agent count, read from ``env_config`` by the presets.
         self.obs_id_dims: int | None = None
