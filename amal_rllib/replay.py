@@ -432,7 +432,10 @@ def record_episodes(
     record = _record_smax if backend == "smax" else _record_smac
     rows = record(scenario, module, policies, episodes, out, seed, env_kwargs)
     df = pd.DataFrame(rows, columns=COLUMNS).astype({"episode": int, "seed": int, "steps": int, "won": bool})
-    df.to_csv(out / "episodes.csv", index=False)
+    # The table on disk names files relative to itself, so the folder can be moved or committed.
+    df.assign(file=[Path(os.path.relpath(f, out)).as_posix() for f in df["file"]]).to_csv(
+        out / "episodes.csv", index=False
+    )
     if backend == "smax":
         write_index_html(df, out, f"{scenario} (SMAX): trained vs random")
     return df
