@@ -65,7 +65,9 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
     ).training(num_epochs=2)
     algo = config.build_algo()
     try:
-        results = [summarize_amal_result(algo.train()) for _ in range(2)]
+        results = [summarize_amal_result(algo.train())]
+        phi_at_launch = algo._phi()  # iteration 2's candidates are drawn around this actor
+        results.append(summarize_amal_result(algo.train()))
         phi = algo._phi()
 
         # 6. Each candidate played whole episodes in an auxiliary runner with its own weights.
@@ -74,7 +76,8 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
         for candidate, episodes in rollouts:
             assert episodes and all(e.is_done for e in episodes)
             assert all(is_auxiliary_episode_id(e.id_) for e in episodes)
-            weights = algo._generation[candidate]
+            weights = algo._candidate_params[candidate]
+            assert np.allclose(weights, phi_at_launch + algo._generation[candidate])
             assert not np.allclose(weights, phi)
             own, stored = actor_logp(weights, algo._actor_layout, episodes)
             assert np.allclose(own, stored, atol=1e-5), "every step was played by the candidate"
@@ -129,3 +132,31 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
         assert math.isfinite(again["policy_loss"])
     finally:
         restored.stop()
+
+
+def test_amal_under_tune_reserves_and_uses_its_auxiliary_runners(ray_local, tmp_path):
+    """Tune places the trial in a placement group: the auxiliary runners must get bundles of their own."""
+    from ray import tune
+
+    from amal_rllib.amal import AMALConfig
+    from amal_rllib.mappo import MAPPO
+
+    config = amal_config(
+        "3m", num_env_runners=0, num_envs_per_env_runner=4, train_batch_size=200, evaluation_interval=None,
+        num_aux_env_runners=1, cem_population_size=4, evolution_frequency=2, seed=0,
+    )
+    bundles = AMAL.default_resource_request(config).bundles
+    assert len(bundles) == len(MAPPO.default_resource_request(config).bundles) + 1
+    assert bundles[-1] == {"CPU": 1}
+    assert isinstance(AMAL.get_default_config(), AMALConfig)
+
+    tuner = tune.Tuner(
+        AMAL,
+        param_space=config,
+        run_config=tune.RunConfig(stop={"training_iteration": 1}, storage_path=str(tmp_path), verbose=0),
+    )
+    result = tuner.fit().get_best_result(metric=ENV_STEPS_TOTAL_LIFETIME, mode="max")
+    assert result.error is None
+    metrics = result.metrics
+    assert metrics[ENV_STEPS_AUX] > 0
+    assert metrics[ENV_STEPS_TOTAL_LIFETIME] == metrics[ENV_STEPS_PRIMARY_LIFETIME] + metrics[ENV_STEPS_AUX_LIFETIME]

@@ -11,9 +11,19 @@ Defaults and why they differ from the prototype's where they do:
   runs one auxiliary runner beside two primary ones; cluster presets raise it.
   Every candidate of a generation is evaluated: ``ceil(cem_population_size /
   evolution_frequency)`` candidates per iteration, spread over the runners.
-- ``world_model_train_samples`` caps the primary transitions per gradient step
-  of the world model (it trains on every minibatch of every epoch), which keeps
-  its cost bounded when batches grow.
+- ``mi_samples_M`` 256 (seed suggestion: 50-100): each set of ``K`` draws covers
+  ``M`` transitions. At M=64 drawing the noise alone (C x K x 10k actor
+  parameters) cost more than the estimate on the 1-thread CPU learner
+  (``benchmarks/mi_estimator.py``); 256 keeps ~35 fresh sets per 9k-transition batch.
+- ``world_model_train_samples`` 256: the primary transitions per gradient step
+  of the world model (it steps on every minibatch of every epoch: ~30 steps per
+  iteration at the preset sizes, so ~one pass over the iteration's primary data).
+- ``aux_importance_clip`` 1.0: truncated importance weights as in V-trace.
+- ``aux_buffer_capacity`` 20,000 env steps (prototype: 500,000 transitions): one
+  auxiliary runner adds ~180 env steps per iteration, so this keeps roughly the
+  last 100 iterations (20 generations); older candidates' data is stale.
+- The auxiliary buffer is not checkpointed (``aux_buffer_capacity`` env steps of
+  episodes would dwarf the model); after a restore it refills from the next generations.
 """
 
 from __future__ import annotations
@@ -80,7 +90,7 @@ class AMALConfig(MAPPOConfig):
         self.cem_sigma_floor = 0.01
         self.evolution_frequency = 5
         self.aux_ratio = 0.5
-        self.aux_buffer_capacity = 100_000
+        self.aux_buffer_capacity = 20_000
         self.aux_importance_clip = 1.0
 
     def training(self, **kwargs: Any) -> AMALConfig:
