@@ -186,7 +186,7 @@ def compare_amal(args) -> None:
         )
     m, a = rows["mappo"], rows["amal"]
     print(f"AMAL vs MAPPO on SMAX {args.scenario}: {runners} primary runners x {args.envs_per_runner} envs, "
-          f"batch {args.train_batch}; AMAL + 1 auxiliary runner (defaults: lambda_info 0.5, aux_ratio 0.5)")
+          f"batch {args.train_batch}; AMAL + 1 auxiliary runner (defaults: lambda_info 0.1, aux_ratio 0.5)")
     print(f"{'algorithm':<10}{'iteration s':>12}{'learner s':>11}{'primary steps/s':>17}{'aux steps/iter':>16}")
     for name, r in rows.items():
         print(f"{name:<10}{r['iter_s']:>12.2f}{r['learn_s']:>11.2f}{r['steps_per_s']:>17.0f}"

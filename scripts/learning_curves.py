@@ -32,6 +32,19 @@ FIELDS = [
 ]
 
 
+def knob(text: str) -> tuple[str, object]:
+    """``name=value`` with a Python literal value (``lambda_info=0.1``, ``world_model_hidden=(128,128)``)."""
+    import ast
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected KNOB=VALUE, got {text!r}")
+    try:
+        return name.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be a Python literal") from exc
+
+
 def build(args: argparse.Namespace, algo: str, seed: int):
     from amal_rllib.presets import amal_config, mappo_config
 
@@ -41,7 +54,8 @@ def build(args: argparse.Namespace, algo: str, seed: int):
         evaluation_episodes=args.eval_episodes,
     )
     if algo == "amal":
-        return amal_config(args.scenario, num_aux_env_runners=args.aux_runners, **common).build_algo()
+        knobs = {"num_aux_env_runners": args.aux_runners, **dict(args.amal_knobs)}
+        return amal_config(args.scenario, **common, **knobs).build_algo()
     return mappo_config(args.scenario, **common).build_algo()
 
 
@@ -107,7 +121,10 @@ def plot(out: Path, target: float, eval_interval: int | None) -> None:
         df.loc[df["iteration"] % eval_interval != 0, ["eval_win_rate", "eval_episode_return_mean"]] = math.nan
     has_amal = (df["algo"] == "amal").any()
     fig, axes = plt.subplots(2 if has_amal else 1, 2, figsize=(12, 9 if has_amal else 4.5), squeeze=False)
-    colors = {"mappo": "tab:blue", "amal": "tab:orange"}
+    colors = {
+        "mappo": "tab:blue", "amal": "tab:orange", "amal_no_mi": "tab:green", "amal_no_aux": "tab:purple",
+        "amal_lambda_0.5": "tab:brown",
+    }
     for algo, ga in df.groupby("algo"):
         c = colors.get(algo, "gray")
         for i, (_, g) in enumerate(ga.groupby("seed")):
@@ -160,6 +177,8 @@ def main() -> None:
     parser.add_argument("--runners", type=int, default=2)
     parser.add_argument("--aux-runners", type=int, default=1)
     parser.add_argument("--envs-per-runner", type=int, default=16)
+    parser.add_argument("--set", dest="amal_knobs", type=knob, action="append", default=[], metavar="KNOB=VALUE",
+                        help="an AMALConfig knob for the AMAL runs, e.g. --set lambda_info=0.1 (repeatable)")
     parser.add_argument("--train-batch", type=int, default=4000)
     parser.add_argument("--eval-interval", type=int, default=5)
     parser.add_argument("--eval-episodes", type=int, default=32)
