@@ -42,7 +42,7 @@ def actor_logp(flat, layout, episodes):
             obs = sa.get_observations()
             with torch.no_grad():
                 log_pi = masked_log_policy(
-                    actor(torch.as_tensor(obs["obs"][:-1])), torch.as_tensor(obs["action_mask"][:-1])
+                    actor(torch.tensor(np.array(obs["obs"][:-1]))), torch.tensor(np.array(obs["action_mask"][:-1]))
                 )
             actions = torch.as_tensor(np.asarray(sa.get_actions())).long()
             out.append(log_pi.gather(1, actions[:, None]).squeeze(1).numpy())

@@ -123,7 +123,9 @@ class SMAXVectorEnv(VectorMultiAgentEnv):
         return observations, _objects(rewards), _objects(terminations), _objects(truncations), _objects(infos)
 
     def close_extras(self, **kwargs: Any) -> None:
-        self._template.close()
+        template = getattr(self, "_template", None)  # absent when __init__ rejected its input
+        if template is not None:
+            template.close()
 
 
 def _objects(items: list) -> np.ndarray:
