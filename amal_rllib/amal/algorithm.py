@@ -211,6 +211,11 @@ class AMAL(MAPPO):
         """Send this iteration's share of the current generation to the auxiliary runners (no waiting)."""
         cfg: AMALConfig = self.config
         if not self._generation_queue:
+            if self._generation_fitness is not None and np.isnan(self._generation_fitness).any():
+                logger.warning(
+                    "CEM generation %d dropped: %d of %d candidates returned no rollouts (auxiliary runner failure?)",
+                    self.cem.generation + 1, int(np.isnan(self._generation_fitness).sum()), len(self._generation_fitness),
+                )
             self._generation = self.cem.ask()
             self._generation_fitness = np.full(len(self._generation), np.nan)
             self._generation_novelty = np.full(len(self._generation), np.nan)
@@ -262,6 +267,9 @@ class AMAL(MAPPO):
             np.asarray(novelty), self._generation[ids], np.zeros(self._generation.shape[1]), cfg.cem_beta_dist
         )
         self._generation_novelty[ids] = novelty
+        if not np.all(np.isfinite(fitness)):
+            # A candidate without a single alive agent-step has no novelty to score: rank it last, and say so.
+            logger.warning("CEM candidates %s had no scorable transitions; ranked last", ids[~np.isfinite(fitness)])
         self._generation_fitness[ids] = np.where(np.isfinite(fitness), fitness, -1e9)
         steps = 0
         for _, episodes in played:
