@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .amal import AMALConfig
+from .amal.config import AMAL_KNOBS
 from .mappo import MAPPOConfig
 
 
@@ -71,7 +72,7 @@ def amal_config(
     """
     from .envs.registry import scenario_n_agents
 
-    amal_knobs = {k: kwargs.pop(k) for k in list(kwargs) if hasattr(AMALConfig(), k) and not hasattr(MAPPOConfig(), k)}
+    amal_knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in AMAL_KNOBS}
     config = mappo_config(scenario, backend, config_cls=config_cls, **kwargs)
     config.training(
         obs_id_dims=scenario_n_agents(scenario, backend), num_aux_env_runners=num_aux_env_runners, **amal_knobs

@@ -62,7 +62,8 @@ _NUMERIC_BOUNDS: dict[str, tuple[type, float, float, bool, bool]] = {
     "aux_importance_clip": (float, 0.0, math.inf, False, False),
 }
 
-AMAL_KNOBS = (*_NUMERIC_BOUNDS, "world_model_hidden", "obs_id_dims")
+#: Every ``.training(...)`` keyword AMAL adds to MAPPO's.
+AMAL_KNOBS = (*_NUMERIC_BOUNDS, "world_model_hidden", "obs_id_dims", "num_cpus_per_aux_env_runner")
 
 
 class AMALConfig(MAPPOConfig):
@@ -99,7 +100,7 @@ class AMALConfig(MAPPOConfig):
         self.aux_importance_clip = 1.0
 
     def training(self, **kwargs: Any) -> AMALConfig:
-        amal = {k: kwargs.pop(k) for k in list(kwargs) if k in AMAL_KNOBS or k == "num_cpus_per_aux_env_runner"}
+        amal = {k: kwargs.pop(k) for k in list(kwargs) if k in AMAL_KNOBS}
         super().training(**kwargs)
         for name, value in amal.items():
             if value is not NotProvided:

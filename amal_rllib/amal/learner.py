@@ -14,7 +14,7 @@ import torch
 from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate, GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
 
-from ..core.world_model import world_model_loss
+from ..core.world_model import transition_nll, world_model_loss
 from ..envs.spec import OBS_KEY
 from ..mappo.learner import MAPPOTorchLearner
 from ..metrics import WORLD_MODEL_LOSS, WORLD_MODEL_SAMPLES
@@ -89,8 +89,6 @@ class AMALTorchLearner(MAPPOTorchLearner):
         ``transitions``: dicts of numpy arrays ``obs``/``actions``/``next_obs``
         (see ``amal.rollouts.episode_transitions``). Used for CEM fitness.
         """
-        from ..core.world_model import transition_nll
-
         module = self.module[module_id].unwrapped()
         out = []
         for t in transitions:
