@@ -9,9 +9,10 @@ import pytest
 import torch
 from ray.rllib.core.columns import Columns
 
+from amal_rllib.amal.algorithm import cyclic_minibatch_count, mixed_minibatches
 from amal_rllib.amal.connectors import AUXILIARY, WORLD_MODEL_MASK
 from amal_rllib.amal.learner import world_model_rows
-from amal_rllib.amal.rollouts import episode_transitions, mark_auxiliary
+from amal_rllib.amal.rollouts import episode_transitions, learner_rows, mark_auxiliary
 from amal_rllib.core.world_model import world_model_loss
 from amal_rllib.env_runner import TeamEnvRunner
 from amal_rllib.envs.registry import make_env
@@ -151,6 +152,29 @@ def test_amal_without_its_ideas_is_mappo(episodes_blob):
     assert any(
         not torch.equal(moved[k], v) for k, v in copy.deepcopy(params_of(build_learner(amal()), "actor.")).items()
     )
+
+
+def test_mixed_batches_take_as_many_gradient_steps_as_mappo(episodes_blob):
+    """Auxiliary rows are added to the batch; the minibatch grows with them and the step count stays MAPPO's."""
+    assert mixed_minibatches(None, 5, 100, 100) == (None, 0)
+    assert mixed_minibatches(256, 5, 100, 0) == (256, 0)
+    assert mixed_minibatches(256, 2, 1000, 1000) == (512, cyclic_minibatch_count(1000, 256, 2))
+    learner = build_learner(amal(lambda_info=0.0))
+    steps = []
+    loss = learner.compute_loss_for_module
+    learner.compute_loss_for_module = lambda **kw: steps.append(len(kw["batch"][Columns.LOSS_MASK])) or loss(**kw)
+    primary, aux = fresh(episodes_blob)
+    n_primary, n_aux = learner_rows(primary), learner_rows(aux)
+    assert n_primary == len(connector_batch(learner, fresh(episodes_blob)[0])[Columns.LOSS_MASK])
+    learner.update(episodes=primary, num_epochs=2, minibatch_size=256)
+    mappo_steps, steps[:] = len(steps), []
+    assert mappo_steps == cyclic_minibatch_count(n_primary, 256, 2) > 2  # several minibatches per epoch
+    size, count = mixed_minibatches(256, 2, n_primary, n_aux)
+    learner.update(episodes=primary + aux, num_epochs=2, minibatch_size=size, num_total_minibatches=count)
+    assert len(steps) == mappo_steps and set(steps) == {size}
+    steps[:] = []
+    learner.update(episodes=fresh(episodes_blob)[0] + fresh(episodes_blob)[1], num_epochs=2, minibatch_size=256)
+    assert len(steps) > mappo_steps  # what MAPPO's minibatch size alone would do
 
 
 def test_config_rejects_out_of_range_knobs():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,7 @@ from .rollouts import (
     env_steps,
     episode_transitions,
     flatten_actor,
+    learner_rows,
     mark_auxiliary,
     play_candidates,
 )
@@ -75,6 +77,39 @@ logger = logging.getLogger(__name__)
 AUX_ENV_RUNNER_RESULTS = "aux_env_runners"
 _AUX_TAG = "amal_aux"
 STATE_KEY = "amal"
+
+
+def cyclic_minibatch_count(rows: int, minibatch_size: int, num_epochs: int) -> int:
+    """How many minibatches RLlib's ``MiniBatchCyclicIterator`` yields for ``num_epochs`` over ``rows`` rows."""
+    covered, start, count = 0, 0, 0
+    while covered < num_epochs:
+        need = minibatch_size
+        while start + need >= rows:
+            need -= rows - start
+            start, covered = 0, covered + 1
+        start += need
+        count += 1
+    return count
+
+
+def mixed_minibatches(
+    minibatch_size: int | None, num_epochs: int, primary_rows: int, aux_rows: int
+) -> tuple[int | None, int]:
+    """``(minibatch_size, num_total_minibatches)`` for a mixed batch: as many gradient steps as MAPPO's.
+
+    Auxiliary rows are *added* to the primary batch (``aux_ratio`` of the mixed
+    batch), so MAPPO's minibatch size on the mixed batch would give AMAL more
+    gradient steps per iteration than MAPPO (two for one at ``aux_ratio = 0.5``),
+    a difference that is none of AMAL's ideas. Here the minibatch grows by
+    ``(primary + aux) / primary`` (each holds ~``aux_ratio`` auxiliary rows) and
+    the count is pinned to what MAPPO's iterator does on the primary rows alone.
+    ``num_total_minibatches`` 0 means RLlib's own epoch count (no auxiliary rows,
+    or one minibatch per epoch).
+    """
+    if minibatch_size is None or aux_rows <= 0 or primary_rows <= 0:
+        return minibatch_size, 0
+    scaled = math.ceil(minibatch_size * (primary_rows + aux_rows) / primary_rows)
+    return scaled, cyclic_minibatch_count(primary_rows, minibatch_size, num_epochs)
 
 
 def _actor_snapshot(learner, module_id: str) -> tuple[np.ndarray, list, str]:
@@ -175,6 +210,9 @@ class AMAL(MAPPO):
         if cfg.aux_ratio > 0 and len(self._aux_buffer):
             wanted = round(env_steps(episodes) * cfg.aux_ratio / (1.0 - cfg.aux_ratio))
             aux_episodes = self._aux_buffer.sample(wanted)
+        minibatch_size, num_minibatches = mixed_minibatches(
+            cfg.minibatch_size, cfg.num_epochs, learner_rows(episodes), learner_rows(aux_episodes)
+        )
 
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             learner_results = self.learner_group.update(
@@ -188,7 +226,8 @@ class AMAL(MAPPO):
                     ),
                 },
                 num_epochs=cfg.num_epochs,
-                minibatch_size=cfg.minibatch_size,
+                minibatch_size=minibatch_size,
+                num_total_minibatches=num_minibatches,
                 shuffle_batch_per_epoch=cfg.shuffle_batch_per_epoch,
             )
             self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)

@@ -20,9 +20,11 @@ Defaults and why they differ from the prototype's where they do:
   ``M`` transitions. At M=64 drawing the noise alone (C x K x 10k actor
   parameters) cost more than the estimate on the 1-thread CPU learner
   (``benchmarks/mi_estimator.py``); 256 keeps ~35 fresh sets per 9k-transition batch.
-- ``world_model_train_samples`` 256: the primary transitions per gradient step
-  of the world model (it steps on every minibatch of every epoch: ~30 steps per
-  iteration at the preset sizes, so ~one pass over the iteration's primary data).
+- ``world_model_train_samples`` 512: the primary transitions per gradient step
+  of the world model. It steps on every minibatch of every epoch, and AMAL
+  takes as many minibatches as MAPPO (``algorithm.mixed_minibatches``): ~16
+  steps per iteration at the preset sizes, so ~one pass over the iteration's
+  ~9k alive primary agent-steps.
 - ``aux_importance_clip`` 1.0: truncated importance weights as in V-trace.
 - ``aux_buffer_capacity`` 20,000 env steps (prototype: 500,000 transitions): one
   auxiliary runner adds ~180 env steps per iteration, so this keeps roughly the
@@ -81,7 +83,7 @@ class AMALConfig(MAPPOConfig):
         # Idea 1: world model, primary data only.
         self.world_model_hidden: tuple[int, ...] = (256, 256, 128)
         self.world_model_lr = 3e-4
-        self.world_model_train_samples = 256
+        self.world_model_train_samples = 512
         #: Trailing entries of ``obs`` the world model does not predict (the agent-id one-hot).
         #: None: the scenario's agent count, read from ``env_config`` by the presets.
         self.obs_id_dims: int | None = None

@@ -89,6 +89,11 @@ def env_steps(episodes: Iterable[MultiAgentEpisode]) -> int:
     return int(sum(episode.env_steps() for episode in episodes))
 
 
+def learner_rows(episodes: Iterable[MultiAgentEpisode]) -> int:
+    """The rows these episodes become in the learner's batch: agent steps plus one bootstrap row per agent chunk."""
+    return int(sum(len(sa) + 1 for episode in episodes for sa in episode.agent_episodes.values()))
+
+
 class AuxiliaryBuffer:
     """FIFO store of whole auxiliary episodes, bounded in env steps.
 
