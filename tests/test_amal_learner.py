@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from amal_rllib.amal.algorithm import cyclic_minibatch_count, mixed_minibatches
-from amal_rllib.amal.connectors import AUXILIARY, WORLD_MODEL_MASK
+from amal_rllib.amal.connectors import AUXILIARY, WORLD_MODEL_MASK, standardize_per_group
 from amal_rllib.amal.learner import world_model_rows
 from amal_rllib.amal.rollouts import episode_transitions, learner_rows, mark_auxiliary
 from amal_rllib.core.world_model import world_model_loss
@@ -38,6 +39,7 @@ def episodes_blob():
     primary = runner.sample(num_timesteps=200)
     # Different behaviour weights for the "auxiliary" episodes, as a CEM candidate would have.
     module = runner.module[SHARED_POLICY]
+    torch.manual_seed(0)
     with torch.no_grad():
         for p in module.actor.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -120,6 +122,36 @@ def test_auxiliary_rows_get_clipped_importance_weights(episodes_blob):
     assert weights[is_aux].min() < 1.0  # the candidate's behaviour differs from pi
 
 
+def test_standardize_per_group():
+    x = torch.tensor([1.0, 2.0, 3.0, 10.0, 30.0])
+    group = torch.tensor([True, True, True, False, False])
+    out = standardize_per_group(x, group)
+    assert torch.allclose(out, torch.tensor([-1.224745, 0.0, 1.224745, -1.0, 1.0]), atol=1e-6)
+    everything = standardize_per_group(x, torch.ones(5, dtype=torch.bool))
+    assert torch.allclose(everything, (x - x.mean()) / x.std(unbiased=False))
+    assert torch.equal(standardize_per_group(torch.ones(3), torch.tensor([True, False, False])), torch.zeros(3))
+
+
+def test_auxiliary_advantages_are_standardised_on_their_own(episodes_blob):
+    """Per source, primary and auxiliary advantages each have mean 0 and std 1; jointly, only their union does."""
+    batches = {}
+    for norm in ("per_source", "joint"):
+        learner = build_learner(amal(lambda_info=0.0, aux_ratio=0.5, num_aux_env_runners=1, aux_advantage_norm=norm))
+        batches[norm] = connector_batch(learner, fresh(episodes_blob)[0] + fresh(episodes_blob)[1])
+        primary_only = connector_batch(learner, fresh(episodes_blob)[0])[Postprocessing.ADVANTAGES]
+        batches[norm + " primary only"] = primary_only
+    aux = batches["joint"][AUXILIARY].reshape(-1) > 0.5
+    assert torch.equal(batches["per_source"][AUXILIARY].reshape(-1) > 0.5, aux) and 0 < int(aux.sum()) < len(aux)
+    per_source, joint = (batches[n][Postprocessing.ADVANTAGES].reshape(-1) for n in ("per_source", "joint"))
+    for rows in (aux, ~aux):
+        assert abs(float(per_source[rows].mean())) < 1e-5
+        assert abs(float(per_source[rows].std(unbiased=False)) - 1.0) < 1e-4
+    assert abs(float(joint.mean())) < 1e-5 and abs(float(joint.std(unbiased=False)) - 1.0) < 1e-4
+    assert not torch.allclose(per_source[aux], joint[aux])
+    # Without auxiliary rows nothing changes: AMAL without auxiliary data stays MAPPO.
+    assert torch.equal(batches["per_source primary only"], batches["joint primary only"])
+
+
 def test_mi_bonus_reaches_the_policy_update(episodes_blob):
     learners = {lam: build_learner(amal(lambda_info=lam, aux_ratio=0.0)) for lam in (0.0, 0.5)}
     for learner in learners.values():
@@ -186,6 +218,7 @@ def test_config_rejects_out_of_range_knobs():
         aux_ratio=1.0,
         world_model_hidden=(0,),
         evolution_frequency=0,
+        aux_advantage_norm="global",
     )
     with pytest.raises(ValueError) as err:
         config.validate()
@@ -198,6 +231,7 @@ def test_config_rejects_out_of_range_knobs():
         "aux_ratio",
         "world_model_hidden",
         "evolution_frequency",
+        "aux_advantage_norm",
     ):
         assert knob in message, knob
     with pytest.raises(ValueError, match="num_aux_env_runners"):

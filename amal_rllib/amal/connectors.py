@@ -16,6 +16,12 @@ minibatching):
   ``action_logp`` (PPO's ratio is then taken against the current policy) and
   ``sample_weight`` = ``min(pi(a|o) / mu(a|o), aux_importance_clip)`` with the
   candidate's stored log-prob ``mu``: the truncated importance ratio.
+
+``PerSourceAdvantages`` (right after GAE, only with ``aux_advantage_norm =
+"per_source"``): the advantages, already standardised over the whole batch by
+RLlib's GAE, are standardised again within the primary rows and within the
+auxiliary rows. A batch without auxiliary rows is left untouched, so AMAL
+without auxiliary data stays MAPPO exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from ..core.mi import masked_log_policy, mi_estimate, normalised_bonus, sample_parameter_noise
 from ..core.world_model import action_log_likelihoods
@@ -46,6 +53,20 @@ AUX_EPISODE_PREFIX = "amal-aux-"
 AUXILIARY = "amal_auxiliary"
 NEXT_OBS = "amal_next_obs"
 WORLD_MODEL_MASK = "world_model_mask"
+
+
+def standardize_per_group(values: torch.Tensor, group: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """``(x - mean) / max(eps, std)`` within the rows where ``group`` is true and within the others.
+
+    RLlib's GAE standardisation (population std, floor ``eps``), applied to
+    each group on its own. A group with no rows is skipped.
+    """
+    out = values.clone()
+    for rows in (group, ~group):
+        if bool(rows.any()):
+            x = values[rows]
+            out[rows] = (x - x.mean()) / x.std(unbiased=False).clamp_min(eps)
+    return out
 
 
 def is_auxiliary_episode_id(episode_id: str) -> bool:
@@ -154,3 +175,17 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
             stats[AUX_IMPORTANCE_WEIGHT_MEAN] = float(ratio.mean())
         module_batch[SAMPLE_WEIGHT] = weights
         return stats
+
+
+class PerSourceAdvantages(ConnectorV2):
+    def __call__(self, *, rl_module, batch, episodes, **kwargs) -> Any:
+        for module_batch in batch.values():
+            if AUXILIARY not in module_batch or Postprocessing.ADVANTAGES not in module_batch:
+                continue
+            aux = module_batch[AUXILIARY].reshape(-1) > 0.5
+            if bool(aux.any()):
+                advantages = module_batch[Postprocessing.ADVANTAGES]
+                module_batch[Postprocessing.ADVANTAGES] = standardize_per_group(advantages.reshape(-1), aux).view_as(
+                    advantages
+                )
+        return batch

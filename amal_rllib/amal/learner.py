@@ -18,7 +18,7 @@ from ..core.world_model import transition_nll, world_model_loss
 from ..envs.spec import OBS_KEY
 from ..mappo.learner import MAPPOTorchLearner
 from ..metrics import WORLD_MODEL_LOSS, WORLD_MODEL_SAMPLES
-from .connectors import NEXT_OBS, WORLD_MODEL_MASK, AMALRewardsAndOffPolicy, MarkAuxiliaryRows
+from .connectors import NEXT_OBS, WORLD_MODEL_MASK, AMALRewardsAndOffPolicy, MarkAuxiliaryRows, PerSourceAdvantages
 
 WORLD_MODEL_OPTIMIZER = "world_model"
 
@@ -47,6 +47,8 @@ class AMALTorchLearner(MAPPOTorchLearner):
                 seed=config.seed,
             ),
         )
+        if config.aux_advantage_norm == "per_source":
+            self._learner_connector.insert_after(GeneralAdvantageEstimation, PerSourceAdvantages())
 
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         module = self._module[module_id]
