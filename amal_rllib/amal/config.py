@@ -34,7 +34,9 @@ Defaults and why they differ from the prototype's where they do:
   took, which are mostly the primary actor's own modes. On SMAX 3m (seed 0,
   1M steps) the policy entropy then *rose* from 0.22 at 250k steps to 0.59 at
   750k while MAPPO's fell to 0.16, and the training win rate sank from 0.61 to
-  ~0.5. Per source, each kind of row keeps only its relative ranking.
+  ~0.5. Per source, each kind of row keeps only its relative ranking. That
+  stopped the entropy rise (0.29 and 0.40 at 1M, seeds 0 and 1) but AMAL still
+  trails MAPPO after ~300k steps (``docs/results/amal_vs_mappo_3m_study``).
 - ``aux_buffer_capacity`` 20,000 env steps (prototype: 500,000 transitions): one
   auxiliary runner adds ~180 env steps per iteration, so this keeps roughly the
   last 100 iterations (20 generations); older candidates' data is stale.
