@@ -28,10 +28,11 @@ Defaults and why they differ from the prototype's where they do:
 - ``aux_importance_clip`` 1.0: truncated importance weights as in V-trace.
 - ``aux_advantage_norm`` "per_source": GAE's advantages are standardised
   within the primary rows and within the auxiliary rows separately
-  ("joint": over the whole mixed batch, RLlib's default). Candidates play worse
-  than the primary actor, so jointly standardised auxiliary advantages are
-  mostly negative: the policy is pushed away from the actions the candidates
-  took, which are mostly the primary actor's own modes. On SMAX 3m (seed 0,
+  ("joint": over the whole mixed batch, RLlib's default). The suspected
+  mechanism (not measured directly): candidates play worse than the primary
+  actor, so jointly standardised auxiliary advantages lean negative and push
+  the policy away from the actions the candidates took, which are mostly the
+  primary actor's own modes. What was measured: on SMAX 3m (seed 0,
   1M steps) the policy entropy then *rose* from 0.22 at 250k steps to 0.59 at
   750k while MAPPO's fell to 0.16, and the training win rate sank from 0.61 to
   ~0.5. Per source, each kind of row keeps only its relative ranking. That
