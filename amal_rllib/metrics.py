@@ -84,6 +84,11 @@ CEM_MEAN_FITNESS = "cem_mean_fitness"
 CEM_SIGMA_NORM = "cem_sigma_norm"
 CEM_GENERATION = "cem_generation"
 CEM_NOVELTY_MEAN = "cem_novelty_mean"
+# AMAL's own timers (under ``timers``, beside RLlib's ``env_runner_sampling_timer`` and ``learner_update_timer``),
+# this iteration's seconds (``window=1``, not RLlib's moving average).
+AUX_LAUNCH_TIMER = "aux_launch_timer"  # CEM ask + phi snapshot + sending candidate weights
+AUX_COLLECT_TIMER = "aux_collect_timer"  # waiting for the auxiliary runners after primary sampling, scoring, storing
+AUX_BUFFER_SAMPLE_TIMER = "aux_buffer_sample_timer"  # drawing this batch's auxiliary episodes
 
 #: Learner-side AMAL metrics (under ``learners/<module>``) and algorithm-side ones (top level).
 AMAL_LEARNER_METRICS = (

@@ -91,7 +91,15 @@ def mappo_iterations(
 ) -> dict:
     import ray
 
-    from amal_rllib.metrics import ENV_STEPS_AUX, ENV_STEPS_SAMPLED, summarize_amal_result, summarize_result
+    from amal_rllib.metrics import (
+        AUX_BUFFER_SAMPLE_TIMER,
+        AUX_COLLECT_TIMER,
+        AUX_LAUNCH_TIMER,
+        ENV_STEPS_AUX,
+        ENV_STEPS_SAMPLED,
+        summarize_amal_result,
+        summarize_result,
+    )
     from amal_rllib.presets import amal_config, mappo_config
 
     common = dict(
@@ -101,26 +109,39 @@ def mappo_iterations(
     config = amal_config(scenario, **common, **amal_knobs) if algo == "amal" else mappo_config(scenario, **common)
     summarize = summarize_amal_result if algo == "amal" else summarize_result
     trainer = config.build_algo()
+    learn_times: list[float] = []
+    update = trainer.learner_group.update
+
+    def timed_update(*a, **kw):  # exact per-iteration learner time (RLlib's timer is a moving average)
+        t = time.perf_counter()
+        out = update(*a, **kw)
+        learn_times.append(time.perf_counter() - t)
+        return out
+
+    trainer.learner_group.update = timed_update
     try:
         for _ in range(warmup):  # JIT compilation, first episodes (AMAL: a filled auxiliary buffer)
             trainer.train()
+        del learn_times[:]
         steps = aux = 0.0
+        aux_timers = {AUX_LAUNCH_TIMER: 0.0, AUX_COLLECT_TIMER: 0.0, AUX_BUFFER_SAMPLE_TIMER: 0.0}
         t0 = time.perf_counter()
-        timers = []
         for _ in range(iterations):
             result = summarize(raw := trainer.train())
             steps += result[ENV_STEPS_SAMPLED]
             aux += result.get(ENV_STEPS_AUX, 0.0)
-            timers.append(raw["timers"])
+            for name in aux_timers:  # this iteration's seconds (window=1)
+                aux_timers[name] += raw["timers"].get(name, 0.0)
         wall = time.perf_counter() - t0
     finally:
         trainer.stop()
     ray.shutdown()
-    # RLlib's timers are moving averages that include the warm-up iteration; report the last.
-    learn_s = timers[-1].get("learner_update_timer", np.nan)
     return {
-        "steps_per_s": steps / wall, "learn_s": learn_s, "iter_s": wall / iterations,
+        "steps_per_s": steps / wall, "learn_s": float(np.mean(learn_times)), "iter_s": wall / iterations,
         "aux_steps_per_iter": aux / iterations,
+        "aux_launch_s": aux_timers[AUX_LAUNCH_TIMER] / iterations,
+        "aux_wait_s": aux_timers[AUX_COLLECT_TIMER] / iterations,
+        "aux_buffer_s": aux_timers[AUX_BUFFER_SAMPLE_TIMER] / iterations,
     }
 
 
@@ -191,13 +212,20 @@ def compare_amal(args) -> None:
             **knobs,
         )
     m, a = rows["mappo"], rows["amal"]
+    from amal_rllib.amal import AMALConfig
+
+    d = AMALConfig()
     print(f"AMAL vs MAPPO on SMAX {args.scenario}: {runners} primary runners x {args.envs_per_runner} envs, "
-          f"batch {args.train_batch}; AMAL + 1 auxiliary runner (defaults: lambda_info 0.1, aux_ratio 0.5)")
-    print(f"{'algorithm':<18}{'iteration s':>12}{'vs MAPPO':>9}{'learner s':>11}{'primary steps/s':>17}"
-          f"{'aux steps/iter':>16}")
+          f"batch {args.train_batch}; AMAL + {d.num_aux_env_runners} auxiliary runner(s) (defaults: lambda_info "
+          f"{d.lambda_info}, aux_ratio {d.aux_ratio}, aux_buffer_capacity {d.aux_buffer_capacity})")
+    print(f"{'algorithm':<18}{'iteration s':>12}{'vs MAPPO':>9}{'learner s':>11}{'aux launch s':>14}"
+          f"{'aux wait s':>12}{'aux draw s':>12}{'primary steps/s':>17}{'aux steps/iter':>16}")
     for name, r in rows.items():
         print(f"{name:<18}{r['iter_s']:>12.2f}{r['iter_s'] / m['iter_s']:>8.2f}x{r['learn_s']:>11.2f}"
+              f"{r['aux_launch_s']:>14.2f}{r['aux_wait_s']:>12.2f}{r['aux_buffer_s']:>12.2f}"
               f"{r['steps_per_s']:>17.0f}{r['aux_steps_per_iter']:>16.0f}")
+    print("learner s: the learner update, timed per iteration; aux launch: CEM ask + candidate weights sent;")
+    print("aux wait: waiting for the auxiliary runner after primary sampling + scoring + storing; aux draw: buffer sample")
     print(f"AMAL / MAPPO iteration time: {a['iter_s'] / m['iter_s']:.2f}x (goal <= 1.3x)")
 
 

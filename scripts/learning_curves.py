@@ -13,6 +13,13 @@ the summary says which budget stopped it. Writes ``curves.csv``,
 ``--target`` greedy win rate, wall time), ``curves.png`` (win rates; for AMAL
 the MI bonus and the CEM fitness) and one RLlib checkpoint per run
 (``checkpoint_<algo>_seed<N>``, for ``amal-replay``).
+
+``--continue-from DIR`` extends earlier runs instead of starting fresh: each run
+restores ``DIR/checkpoint_<algo>_seed<N>`` (counters, CEM state and world model
+included; AMAL's auxiliary buffer refills) and trains on to ``--env-steps``
+total steps. Its rows start at the restored iteration, and ``wall_s`` counts
+from the continuation's start. Concatenate the two ``curves.csv`` for the whole
+curve.
 """
 
 from __future__ import annotations
@@ -47,6 +54,16 @@ def knob(text: str) -> tuple[str, object]:
 
 def build(args: argparse.Namespace, algo: str, seed: int):
     from amal_rllib.presets import amal_config, mappo_config
+
+    if args.continue_from is not None:
+        path = (args.continue_from / f"checkpoint_{algo}_seed{seed}").resolve()
+        if not path.is_dir():
+            raise SystemExit(f"--continue-from: no checkpoint {path} (written by an earlier run of this script "
+                             f"with --algos {algo} --seeds {seed}); drop the option to start fresh")
+        from amal_rllib.amal import AMAL
+        from amal_rllib.mappo import MAPPO
+
+        return (AMAL if algo == "amal" else MAPPO).from_checkpoint(str(path))
 
     common = dict(
         seed=seed, num_env_runners=args.runners, num_envs_per_env_runner=args.envs_per_runner,
@@ -121,12 +138,11 @@ def plot(out: Path, target: float, eval_interval: int | None) -> None:
         df.loc[df["iteration"] % eval_interval != 0, ["eval_win_rate", "eval_episode_return_mean"]] = math.nan
     has_amal = (df["algo"] == "amal").any()
     fig, axes = plt.subplots(2 if has_amal else 1, 2, figsize=(12, 9 if has_amal else 4.5), squeeze=False)
-    colors = {
-        "mappo": "tab:blue", "amal": "tab:orange", "amal_no_mi": "tab:green", "amal_no_aux": "tab:purple",
-        "amal_lambda_0.5": "tab:brown",
-    }
+    # MAPPO blue, AMAL orange; other variants (ablations, merged older runs) take the next free colours.
+    others = iter(["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"])
+    colors = {"mappo": "tab:blue", "amal": "tab:orange"}
     for algo, ga in df.groupby("algo"):
-        c = colors.get(algo, "gray")
+        c = colors.get(algo) or next(others, "black")
         for i, (_, g) in enumerate(ga.groupby("seed")):
             axes[0, 0].plot(g["env_steps"], g["win_rate"], color=c, alpha=0.6, label=f"{algo}" if i == 0 else None)
             e = g.dropna(subset=["eval_win_rate"])
@@ -184,8 +200,16 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=32)
     parser.add_argument("--cpus", type=int, default=3, help="logical CPUs for Ray (one per runner)")
     parser.add_argument("--out", type=Path, default=Path("results/mappo_3m"))
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier study in --out")
+    parser.add_argument("--continue-from", type=Path, metavar="DIR",
+                        help="restore each run from DIR/checkpoint_<algo>_seed<N> and train on to --env-steps")
     args = parser.parse_args()
+    if args.continue_from is not None and args.continue_from.resolve() == args.out.resolve():
+        parser.error("--continue-from and --out name the same folder: the continuation would overwrite the earlier "
+                     "curves.csv and checkpoints; give it a new --out")
 
+    if (args.out / "curves.csv").is_file() and (args.out / "curves.csv").stat().st_size and not args.overwrite:
+        parser.error(f"{args.out / 'curves.csv'} already holds a study: give a new --out, or --overwrite to replace it")
     args.out.mkdir(parents=True, exist_ok=True)
     summaries = []
     with open(args.out / "curves.csv", "w", newline="") as fh:

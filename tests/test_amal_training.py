@@ -14,6 +14,9 @@ from amal_rllib.core.mi import masked_log_policy
 from amal_rllib.mappo.config import SHARED_POLICY
 from amal_rllib.mappo.module import build_mlp
 from amal_rllib.metrics import (
+    AUX_BUFFER_SAMPLE_TIMER,
+    AUX_COLLECT_TIMER,
+    AUX_LAUNCH_TIMER,
     CEM_BEST_FITNESS,
     CEM_GENERATION,
     ENV_STEPS_AUX,
@@ -67,7 +70,8 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
     try:
         results = [summarize_amal_result(algo.train())]
         phi_at_launch = algo._phi()  # iteration 2's candidates are drawn around this actor
-        results.append(summarize_amal_result(algo.train()))
+        raw = algo.train()
+        results.append(summarize_amal_result(raw))
         phi = algo._phi()
 
         # 6. Each candidate played whole episodes in an auxiliary runner with its own weights.
@@ -111,6 +115,8 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
         ):
             assert math.isfinite(last[name]), name
         assert last["learner_device"] == "cpu"
+        for timer in (AUX_LAUNCH_TIMER, AUX_COLLECT_TIMER, AUX_BUFFER_SAMPLE_TIMER):  # this iteration's seconds
+            assert 0.0 < raw["timers"][timer] < raw["time_this_iter_s"], timer
 
         # 7. Checkpoint -> restore -> continue.
         path = algo.save_to_path(str(tmp_path / "ckpt"))

@@ -241,3 +241,19 @@ def test_smax_trained_vs_random_gifs_and_index(smax_checkpoint, tmp_path):
     assert html.index("3m_trained_ep000.gif") < html.index("3m_random_ep000.gif")  # side by side, trained first
     csv = pd.read_csv(out / "episodes.csv")
     assert len(csv) == 2 and csv["won"].dtype == bool and (csv["steps"] > 0).all()
+
+
+def test_algorithm_checkpoint_restores_in_a_fresh_process(smax_checkpoint):
+    """``MAPPO.from_checkpoint`` in a process that never built a preset (so never registered the env names)."""
+    code = (
+        "import sys, ray; ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "from amal_rllib.mappo import MAPPO\n"
+        "algo = MAPPO.from_checkpoint(sys.argv[1])\n"
+        "print('restored', algo.config.env, algo.env_runner.num_envs)\n"
+        "algo.stop()\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(smax_checkpoint)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "restored amal_smax 1" in run.stdout

@@ -46,6 +46,9 @@ from ..core.cem import CEMPopulation, distance_penalised_fitness
 from ..mappo.algorithm import MAPPO
 from ..mappo.config import SHARED_POLICY
 from ..metrics import (
+    AUX_BUFFER_SAMPLE_TIMER,
+    AUX_COLLECT_TIMER,
+    AUX_LAUNCH_TIMER,
     AUX_WIN_RATE,
     BATTLE_WON,
     CEM_BEST_FITNESS,
@@ -191,7 +194,10 @@ class AMAL(MAPPO):
     # --------------------------------------------------------------- training
     def training_step(self) -> None:
         cfg: AMALConfig = self.config
-        launched = self._launch_aux_rollouts() if self.aux_env_runner_group is not None else False
+        launched = False
+        if self.aux_env_runner_group is not None:
+            with self.metrics.log_time((TIMERS, AUX_LAUNCH_TIMER), reduce="mean", window=1):
+                launched = self._launch_aux_rollouts()
 
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             episodes, env_runner_results = synchronous_parallel_sample(
@@ -205,11 +211,15 @@ class AMAL(MAPPO):
                 return
             self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
 
-        aux_steps = self._collect_aux_rollouts() if launched else 0
+        aux_steps = 0
+        if launched:
+            with self.metrics.log_time((TIMERS, AUX_COLLECT_TIMER), reduce="mean", window=1):
+                aux_steps = self._collect_aux_rollouts()
         aux_episodes: list = []
         if cfg.aux_ratio > 0 and len(self._aux_buffer):
             wanted = round(env_steps(episodes) * cfg.aux_ratio / (1.0 - cfg.aux_ratio))
-            aux_episodes = self._aux_buffer.sample(wanted)
+            with self.metrics.log_time((TIMERS, AUX_BUFFER_SAMPLE_TIMER), reduce="mean", window=1):
+                aux_episodes = self._aux_buffer.sample(wanted)
         minibatch_size, num_minibatches = mixed_minibatches(
             cfg.minibatch_size, cfg.num_epochs, learner_rows(episodes), learner_rows(aux_episodes)
         )
