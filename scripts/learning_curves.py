@@ -202,11 +202,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/mappo_3m"))
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier study in --out")
     parser.add_argument("--continue-from", type=Path, metavar="DIR",
-                        help="restore each run from DIR/checkpoint_<algo>_seed<N> and train on to --env-steps")
+                        help="restore each run from DIR/checkpoint_<algo>_seed<N> and train on to --env-steps "
+                             "(the checkpoint's config: runners, batch, evaluation and knobs)")
     args = parser.parse_args()
     if args.continue_from is not None and args.continue_from.resolve() == args.out.resolve():
         parser.error("--continue-from and --out name the same folder: the continuation would overwrite the earlier "
                      "curves.csv and checkpoints; give it a new --out")
+    if args.continue_from is not None and args.amal_knobs:
+        parser.error("--set has no effect with --continue-from: a restored run keeps its checkpoint's config")
 
     if (args.out / "curves.csv").is_file() and (args.out / "curves.csv").stat().st_size and not args.overwrite:
         parser.error(f"{args.out / 'curves.csv'} already holds a study: give a new --out, or --overwrite to replace it")
