@@ -9,11 +9,13 @@ from torch import nn
 
 from amal_rllib.core.cem import CEMPopulation, distance_penalised_fitness
 from amal_rllib.core.mi import (
+    fused_sequential_forward,
     masked_log_policy,
     mi_estimate,
     mi_estimate_reference,
     normalised_bonus,
     sample_parameter_noise,
+    supports_fused_forward,
 )
 from amal_rllib.core.world_model import (
     GaussianWorldModel,
@@ -144,6 +146,60 @@ def test_vectorised_mi_equals_the_per_sample_loop(chunks):
     slow = mi_estimate_reference(actor, params, noise, obs, mask, log_lik)
     assert fast.abs().max() > 1e-3  # a non-trivial case
     assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+
+
+def _vmapped_forward(actor, batched, obs):
+    from torch.func import functional_call, vmap
+
+    one = vmap(lambda w, x: functional_call(actor, dict(w), (x,)), in_dims=(0, None))
+    return vmap(one, in_dims=(0, 0))(batched, obs)
+
+
+@pytest.mark.parametrize(
+    "make_actor",
+    [
+        lambda: build_mlp(OBS, (32, 16), ACTIONS, layer_norm=True, out_gain=1.0),
+        lambda: build_mlp(OBS, (32, 16), ACTIONS, layer_norm=False, out_gain=1.0),
+        # a LayerNorm that is not followed by a Linear keeps its own affine; Tanh goes through as is
+        lambda: nn.Sequential(nn.Linear(OBS, 16), nn.Tanh(), nn.LayerNorm(16), nn.Linear(16, ACTIONS), nn.LayerNorm(5)),
+    ],
+)
+def test_fused_forward_equals_vmapped_functional_call(make_actor):
+    torch.manual_seed(11)
+    actor = make_actor()
+    for p in actor.parameters():  # non-trivial LayerNorm gains and biases
+        nn.init.normal_(p, std=0.5)
+    params = {name: p.detach() for name, p in actor.named_parameters()}
+    noise = sample_parameter_noise(params, 3, 4, 0.2, generator=torch.Generator().manual_seed(2))
+    batched = {n: params[n] + torch.cat([torch.zeros_like(e[:, :1]), e], dim=1) for n, e in noise.items()}
+    obs = torch.randn(3, 9, OBS)
+    assert supports_fused_forward(actor)
+    fused = fused_sequential_forward(actor, batched, obs)
+    assert fused.shape == (3, 5, 9, ACTIONS)
+    assert torch.allclose(fused, _vmapped_forward(actor, batched, obs), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(fused[:, 0], actor(obs), atol=1e-5)  # set 0 is the unperturbed actor
+
+
+def test_mi_of_an_actor_outside_the_fused_path_equals_the_per_sample_loop():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = nn.Linear(OBS, 16), nn.Linear(16, ACTIONS)
+
+        def forward(self, x):
+            h = torch.tanh(self.inp(x))
+            return self.out(h + h.mean(-1, keepdim=True))
+
+    torch.manual_seed(3)
+    actor = Residual()
+    assert not supports_fused_forward(actor)
+    params = {name: p.detach() for name, p in actor.named_parameters()}
+    obs, mask, log_lik = random_batch(n=21, seed=4)
+    noise = sample_parameter_noise(params, 3, 5, 0.3, generator=torch.Generator().manual_seed(5))
+    fast = mi_estimate(actor, params, noise, obs, mask, log_lik)
+    assert fast.abs().max() > 1e-3
+    assert torch.allclose(fast, mi_estimate_reference(actor, params, noise, obs, mask, log_lik), atol=1e-5)
 
 
 def test_mi_never_looks_at_invalid_actions():
