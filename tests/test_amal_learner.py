@@ -219,6 +219,7 @@ def test_config_rejects_out_of_range_knobs():
         world_model_hidden=(0,),
         evolution_frequency=0,
         aux_advantage_norm="global",
+        aux_rollout_overlap="always",
     )
     with pytest.raises(ValueError) as err:
         config.validate()
@@ -232,6 +233,7 @@ def test_config_rejects_out_of_range_knobs():
         "world_model_hidden",
         "evolution_frequency",
         "aux_advantage_norm",
+        "aux_rollout_overlap",
     ):
         assert knob in message, knob
     with pytest.raises(ValueError, match="num_aux_env_runners"):

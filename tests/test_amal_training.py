@@ -66,27 +66,33 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
         evolution_frequency=2,
         seed=0,
     ).training(num_epochs=2)
+    assert config.aux_rollout_overlap == "learner"  # the default: candidates play during the learner update
     algo = config.build_algo()
     try:
+        # Iteration 1 sends candidates 0, 1 of generation 1 out; iteration 2 collects them and sends 2, 3
+        # (drawn around the actor after update 1); iteration 3 collects 2, 3 and completes the generation.
         results = [summarize_amal_result(algo.train())]
-        phi_at_launch = algo._phi()  # iteration 2's candidates are drawn around this actor
+        assert results[0][ENV_STEPS_AUX] == 0 and algo._aux_in_flight == [0, 1]
+        phi_at_launch = algo._phi()
+        results.append(summarize_amal_result(algo.train()))
         raw = algo.train()
         results.append(summarize_amal_result(raw))
         phi = algo._phi()
 
         # 6. Each candidate played whole episodes in an auxiliary runner with its own weights.
         rollouts = algo.last_aux_rollouts
-        assert len(rollouts) == 2 and {c for c, _ in rollouts} == {2, 3}  # second half of generation 1
-        for candidate, episodes in rollouts:
+        assert [(r.candidate, r.generation) for r in rollouts] == [(2, 1), (3, 1)]  # second half of generation 1
+        for rollout in rollouts:
+            episodes = rollout.episodes
             assert episodes and all(e.is_done for e in episodes)
             assert all(is_auxiliary_episode_id(e.id_) for e in episodes)
-            weights = algo._candidate_params[candidate]
-            assert np.allclose(weights, phi_at_launch + algo._generation[candidate])
-            assert not np.allclose(weights, phi)
-            own, stored = actor_logp(weights, algo._actor_layout, episodes)
+            assert np.allclose(rollout.params, phi_at_launch + rollout.offset)
+            assert not np.allclose(rollout.params, phi)
+            own, stored = actor_logp(rollout.params, algo._actor_layout, episodes)
             assert np.allclose(own, stored, atol=1e-5), "every step was played by the candidate"
             primary, _ = actor_logp(phi, algo._actor_layout, episodes)
             assert not np.allclose(primary, stored, atol=1e-3)
+        assert algo._aux_in_flight == [0, 1]  # generation 2 is out while the checkpoint below is taken
         runner_weights = algo.aux_env_runner_group.foreach_env_runner(
             lambda r: r.module[SHARED_POLICY].actor[1].weight.detach().numpy().copy(), local_env_runner=False
         )
@@ -97,7 +103,7 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
 
         # Env steps: primary and auxiliary counted apart, the total is their sum.
         last = results[-1]
-        assert last[ENV_STEPS_PRIMARY_LIFETIME] == last[ENV_STEPS_SAMPLED_LIFETIME] >= 800
+        assert last[ENV_STEPS_PRIMARY_LIFETIME] == last[ENV_STEPS_SAMPLED_LIFETIME] >= 1200
         assert last[ENV_STEPS_AUX] > 0
         assert last[ENV_STEPS_TOTAL_LIFETIME] == last[ENV_STEPS_PRIMARY_LIFETIME] + last[ENV_STEPS_AUX_LIFETIME]
         assert last[CEM_GENERATION] == 1 and math.isfinite(last[CEM_BEST_FITNESS])
@@ -133,7 +139,10 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
         assert restored.cem.generation == cem_state["generation"]
         restored_wm = restored.learner_group._learner.module[SHARED_POLICY].world_model.state_dict()
         assert all(torch.equal(wm[k], restored_wm[k]) for k in wm)
+        assert restored._generation_queue == [0, 1, 2, 3]  # the candidates that were out are played again
+        restored.train()
         again = summarize_amal_result(restored.train())
+        assert [r.candidate for r in restored.last_aux_rollouts] == [0, 1]
         assert again[ENV_STEPS_AUX_LIFETIME] > aux_lifetime
         assert math.isfinite(again["policy_loss"])
     finally:
@@ -150,6 +159,7 @@ def test_amal_under_tune_reserves_and_uses_its_auxiliary_runners(ray_local, tmp_
     config = amal_config(
         "3m", num_env_runners=0, num_envs_per_env_runner=4, train_batch_size=200, evaluation_interval=None,
         num_aux_env_runners=1, cem_population_size=4, evolution_frequency=2, seed=0,
+        aux_rollout_overlap="sampling",  # sent and collected within the one iteration this trial runs
     )
     bundles = AMAL.default_resource_request(config).bundles
     assert len(bundles) == len(MAPPO.default_resource_request(config).bundles) + 1

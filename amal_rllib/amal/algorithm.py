@@ -1,26 +1,31 @@
 """``AMAL``: MAPPO's training loop plus the auxiliary population.
 
 ``training_step`` only orchestrates:
-1. hand this iteration's CEM candidates to the auxiliary env runners (async).
-   CEM searches the *offset* ``delta`` from the primary actor: a candidate plays
-   with ``phi_t + delta``, ``phi_t`` the primary actor when it is launched, so the
-   search distribution is centred on the current primary policy at every
-   generation (``mu`` starts at ``phi``, as ``amal.md`` says, and stays in its
-   frame). With a fixed frame the candidates stayed perturbations of the
-   *initial* policy while half of every batch came from them (measured: the
-   training win rate fell from 0.65 to 0.44 between 170k and 360k env steps);
-2. sample primary episodes, exactly as PPO/MAPPO do;
-3. collect the auxiliary episodes, score each candidate (world-model NLL on its
-   own rollouts minus ``cem_beta_dist * ||params - phi||``), store them in the
-   auxiliary buffer, and refit the CEM distribution when a generation is complete;
-4. update the learner on primary episodes plus ``aux_ratio`` of auxiliary ones
-   (MI bonus, importance weights and the isolated world model are in the
-   learner's connector and loss);
-5. sync the primary runners' weights; log env steps (primary, auxiliary, total).
+1. sample primary episodes, exactly as PPO/MAPPO do;
+2. collect the auxiliary episodes sent out earlier, score each candidate
+   (world-model NLL on its own rollouts minus ``cem_beta_dist * ||params -
+   phi||``), store them in the auxiliary buffer, and refit the CEM distribution
+   when a generation is complete;
+3. draw ``aux_ratio`` of the batch from the auxiliary buffer;
+4. hand the next CEM candidates to the auxiliary env runners (async), so they
+   play while the learner works (``aux_rollout_overlap="learner"``; with
+   "sampling" this happens before step 1 and step 2 collects them in the same
+   iteration). CEM searches the *offset* ``delta`` from the primary actor: a
+   candidate plays with ``phi_t + delta``, ``phi_t`` the primary actor when it
+   is launched, so the search distribution is centred on the current primary
+   policy at every generation (``mu`` starts at ``phi``, as ``amal.md`` says,
+   and stays in its frame). With a fixed frame the candidates stayed
+   perturbations of the *initial* policy while half of every batch came from
+   them (measured: the training win rate fell from 0.65 to 0.44 between 170k
+   and 360k env steps);
+5. update the learner on primary plus auxiliary episodes (MI bonus, importance
+   weights and the isolated world model are in the learner's connector and loss);
+6. sync the primary runners' weights; log env steps (primary, auxiliary, total).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -124,6 +129,18 @@ def _world_model_nll(learner, module_id: str, transitions: list[dict]) -> list[f
     return learner.world_model_nll(module_id, transitions)
 
 
+@dataclasses.dataclass(frozen=True)
+class AuxRollout:
+    """One candidate's episodes as collected: its index in generation ``generation`` (1-based),
+    its CEM offset ``delta`` and the actor parameters ``phi_t + delta`` it played with."""
+
+    candidate: int
+    generation: int
+    offset: np.ndarray
+    params: np.ndarray
+    episodes: list
+
+
 class AMAL(MAPPO):
     @classmethod
     def get_default_config(cls) -> AMALConfig:
@@ -153,7 +170,8 @@ class AMAL(MAPPO):
         self._generation_fitness: np.ndarray | None = None
         self._generation_novelty: np.ndarray | None = None
         self._generation_queue: list[int] = []
-        self.last_aux_rollouts: list[tuple[int, list]] = []
+        self._aux_in_flight: list[int] = []  # candidates sent to the auxiliary runners, not yet collected
+        self.last_aux_rollouts: list[AuxRollout] = []  # what the last collection brought back
         phi, self._actor_layout, self._learner_device = self._on_learner(
             functools.partial(_actor_snapshot, module_id=SHARED_POLICY)
         )
@@ -194,10 +212,8 @@ class AMAL(MAPPO):
     # --------------------------------------------------------------- training
     def training_step(self) -> None:
         cfg: AMALConfig = self.config
-        launched = False
-        if self.aux_env_runner_group is not None:
-            with self.metrics.log_time((TIMERS, AUX_LAUNCH_TIMER), reduce="mean", window=1):
-                launched = self._launch_aux_rollouts()
+        if self.aux_env_runner_group is not None and cfg.aux_rollout_overlap == "sampling":
+            self._timed_launch()
 
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             episodes, env_runner_results = synchronous_parallel_sample(
@@ -212,7 +228,7 @@ class AMAL(MAPPO):
             self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
 
         aux_steps = 0
-        if launched:
+        if self._aux_in_flight:
             with self.metrics.log_time((TIMERS, AUX_COLLECT_TIMER), reduce="mean", window=1):
                 aux_steps = self._collect_aux_rollouts()
         aux_episodes: list = []
@@ -220,6 +236,8 @@ class AMAL(MAPPO):
             wanted = round(env_steps(episodes) * cfg.aux_ratio / (1.0 - cfg.aux_ratio))
             with self.metrics.log_time((TIMERS, AUX_BUFFER_SAMPLE_TIMER), reduce="mean", window=1):
                 aux_episodes = self._aux_buffer.sample(wanted)
+        if self.aux_env_runner_group is not None and cfg.aux_rollout_overlap == "learner":
+            self._timed_launch()  # plays while the learner below works; collected next iteration
         minibatch_size, num_minibatches = mixed_minibatches(
             cfg.minibatch_size, cfg.num_epochs, learner_rows(episodes), learner_rows(aux_episodes)
         )
@@ -256,7 +274,11 @@ class AMAL(MAPPO):
         """``func(learner)`` on the (first) learner, local or remote; all learners hold the same weights."""
         return next(iter(self.learner_group.foreach_learner(func))).get()
 
-    def _launch_aux_rollouts(self) -> bool:
+    def _timed_launch(self) -> None:
+        with self.metrics.log_time((TIMERS, AUX_LAUNCH_TIMER), reduce="mean", window=1):
+            self._launch_aux_rollouts()
+
+    def _launch_aux_rollouts(self) -> None:
         """Send this iteration's share of the current generation to the auxiliary runners (no waiting)."""
         cfg: AMALConfig = self.config
         if not self._generation_queue:
@@ -291,17 +313,21 @@ class AMAL(MAPPO):
             tag=_AUX_TAG,
             remote_worker_ids=list(assignments),
         )
-        return True
+        self._aux_in_flight = list(take)
 
     def _collect_aux_rollouts(self) -> int:
         """Wait for the auxiliary runners, score the candidates, fill the buffer; returns the aux env steps."""
         cfg: AMALConfig = self.config
         replies = self.aux_env_runner_group.fetch_ready_async_reqs(tags=_AUX_TAG, timeout_seconds=None)
+        self._aux_in_flight = []
         played = [item for _, (items, _) in replies for item in items]
         runner_metrics = [metrics for _, (_, metrics) in replies]
         if runner_metrics:
             self.metrics.aggregate(runner_metrics, key=AUX_ENV_RUNNER_RESULTS)
-        self.last_aux_rollouts = played
+        self.last_aux_rollouts = [
+            AuxRollout(c, self.cem.generation + 1, self._generation[c].copy(), self._candidate_params[c].copy(), eps)
+            for c, eps in played
+        ]
         if not played:
             return 0
         for _, episodes in played:
@@ -347,8 +373,8 @@ class AMAL(MAPPO):
             (ENV_STEPS_TOTAL_LIFETIME, primary + self._aux_env_steps_lifetime),
         ):
             self.metrics.log_value(name, float(value), window=1)
-        won = self.metrics.peek((AUX_ENV_RUNNER_RESULTS, BATTLE_WON), default=None)
-        if won is not None:
+        won = self.metrics.peek((AUX_ENV_RUNNER_RESULTS, BATTLE_WON), default=math.nan)  # nan: nothing collected yet
+        if not math.isnan(won):
             self.metrics.log_value(AUX_WIN_RATE, float(won), window=1)
 
     def step(self) -> dict:
@@ -367,7 +393,8 @@ class AMAL(MAPPO):
                 "candidate_params": None if self._candidate_params is None else self._candidate_params.copy(),
                 "generation_fitness": None if self._generation_fitness is None else self._generation_fitness.copy(),
                 "generation_novelty": None if self._generation_novelty is None else self._generation_novelty.copy(),
-                "generation_queue": list(self._generation_queue),
+                # Candidates still playing when the checkpoint is taken are played again after a restore.
+                "generation_queue": list(self._aux_in_flight) + list(self._generation_queue),
             }
         return state
 

@@ -51,6 +51,18 @@ Defaults and why they differ from the prototype's where they do:
   first reached after 292k/334k steps in 2 of 3 seeds (MAPPO: 502k/562k in 2 of
   3; ``docs/results/amal_vs_mappo_3m_study``). The learner also processes 1.25x
   MAPPO's rows instead of 2x.
+- ``aux_rollout_overlap`` "learner": an iteration's candidates are sent to the
+  auxiliary runners right before the learner update (drawn around the actor
+  that just sampled) and collected after the next iteration's primary sampling,
+  so they play while the learner works and leave the cores to the primary
+  runners while those sample; their episodes enter the batch one iteration later
+  than with "sampling" (sent at the start of the iteration, collected after its
+  primary sampling, so they compete with the primary runners for the cores).
+  On 2 cores "sampling" slowed primary sampling by ~0.3 s per iteration: an
+  auxiliary runner steps one env at ~5 ms per step (RLlib's per-step overhead),
+  ~150 steps per iteration. The learning studies in ``docs/results`` up to
+  ``amal_vs_mappo_3m_seed1_2M`` ran "sampling"; which ones ran "learner" is said
+  in each study's README.
 - The auxiliary buffer is not checkpointed (``aux_buffer_capacity`` env steps of
   episodes would dwarf the model); after a restore it refills from the next generations.
 """
@@ -88,10 +100,17 @@ _NUMERIC_BOUNDS: dict[str, tuple[type, float, float, bool, bool]] = {
 
 #: Every ``.training(...)`` keyword AMAL adds to MAPPO's.
 AMAL_KNOBS = (
-    *_NUMERIC_BOUNDS, "world_model_hidden", "obs_id_dims", "num_cpus_per_aux_env_runner", "aux_advantage_norm"
+    *_NUMERIC_BOUNDS,
+    "world_model_hidden",
+    "obs_id_dims",
+    "num_cpus_per_aux_env_runner",
+    "aux_advantage_norm",
+    "aux_rollout_overlap",
 )
 #: How advantages of a mixed batch are standardised (see the module docstring).
 AUX_ADVANTAGE_NORMS = ("per_source", "joint")
+#: What the auxiliary rollouts run beside (see the module docstring).
+AUX_ROLLOUT_OVERLAPS = ("learner", "sampling")
 
 
 class AMALConfig(MAPPOConfig):
@@ -127,6 +146,7 @@ class AMALConfig(MAPPOConfig):
         self.aux_buffer_capacity = 4_000
         self.aux_importance_clip = 1.0
         self.aux_advantage_norm = "per_source"
+        self.aux_rollout_overlap = "learner"
 
     def training(self, **kwargs: Any) -> AMALConfig:
         amal = {k: kwargs.pop(k) for k in list(kwargs) if k in AMAL_KNOBS}
@@ -187,6 +207,8 @@ class AMALConfig(MAPPOConfig):
             errors.append(f"obs_id_dims={self.obs_id_dims!r}: must be None or an int >= 0")
         if self.aux_advantage_norm not in AUX_ADVANTAGE_NORMS:
             errors.append(f"aux_advantage_norm={self.aux_advantage_norm!r}: must be one of {AUX_ADVANTAGE_NORMS}")
+        if self.aux_rollout_overlap not in AUX_ROLLOUT_OVERLAPS:
+            errors.append(f"aux_rollout_overlap={self.aux_rollout_overlap!r}: must be one of {AUX_ROLLOUT_OVERLAPS}")
         if self.aux_ratio > 0 and self.num_aux_env_runners == 0:
             errors.append(
                 f"aux_ratio={self.aux_ratio} needs auxiliary rollouts: set num_aux_env_runners >= 1 or aux_ratio=0"
