@@ -158,7 +158,10 @@ def main() -> None:
                         help="AMAL vs MAPPO iteration time with the same primary runners (+1 auxiliary runner)")
     parser.add_argument("--amal-only", action="store_true", help="skip the env and MAPPO-scaling rows")
     parser.add_argument("--amal-parts", action="store_true",
-                        help="also AMAL with aux_ratio 0 and with lambda_info 0: where the extra time goes")
+                        help="also AMAL with aux_ratio 0, with lambda_info 0 and with aux_rollout_overlap "
+                        "'sampling': where the extra time goes")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="--amal-only: run the variants this many times, alternating; report medians")
     parser.add_argument("--compare-sync", action="store_true",
                         help="also time RLlib's SyncVectorMultiAgentEnv (local runner) as a baseline")
     args = parser.parse_args()
@@ -203,14 +206,22 @@ def compare_amal(args) -> None:
     runners = max(args.runners)
     variants = {"mappo": ("mappo", {}), "amal": ("amal", {})}
     if args.amal_parts:
-        variants |= {"amal aux_ratio=0": ("amal", {"aux_ratio": 0.0}), "amal lambda=0": ("amal", {"lambda_info": 0.0})}
-    rows = {}
-    for name, (algo, knobs) in variants.items():
-        ray.init(num_cpus=runners + 1, include_dashboard=False, log_to_driver=False)
-        rows[name] = mappo_iterations(
-            args.scenario, runners, args.iterations, args.envs_per_runner, args.train_batch, algo=algo, warmup=3,
-            **knobs,
-        )
+        variants |= {
+            "amal aux_ratio=0": ("amal", {"aux_ratio": 0.0}),
+            "amal lambda=0": ("amal", {"lambda_info": 0.0}),
+            "amal overlap=sampling": ("amal", {"aux_rollout_overlap": "sampling"}),
+        }
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(args.repeats):  # the variants alternate, so slow phases of the machine hit them alike
+        for name, (algo, knobs) in variants.items():
+            ray.init(num_cpus=runners + 1, include_dashboard=False, log_to_driver=False)
+            runs[name].append(
+                mappo_iterations(
+                    args.scenario, runners, args.iterations, args.envs_per_runner, args.train_batch, algo=algo,
+                    warmup=3, **knobs,
+                )
+            )
+    rows = {name: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for name, rs in runs.items()}
     m, a = rows["mappo"], rows["amal"]
     from amal_rllib.amal import AMALConfig
 
@@ -226,6 +237,10 @@ def compare_amal(args) -> None:
               f"{r['steps_per_s']:>17.0f}{r['aux_steps_per_iter']:>16.0f}")
     print("learner s: the learner update, timed per iteration; aux launch: CEM ask + candidate weights sent;")
     print("aux wait: waiting for the auxiliary runner after primary sampling + scoring + storing; aux draw: buffer sample")
+    if args.repeats > 1:
+        print(f"medians over {args.repeats} alternating repeats; AMAL / MAPPO per repeat: " + ", ".join(
+            f"{ra['iter_s'] / rm['iter_s']:.2f}x" for rm, ra in zip(runs["mappo"], runs["amal"], strict=True)
+        ))
     print(f"AMAL / MAPPO iteration time: {a['iter_s'] / m['iter_s']:.2f}x (goal <= 1.3x)")
 
 
