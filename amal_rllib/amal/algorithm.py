@@ -275,6 +275,8 @@ class AMAL(MAPPO):
         return next(iter(self.learner_group.foreach_learner(func))).get()
 
     def _timed_launch(self) -> None:
+        if self._aux_in_flight:  # still out (an iteration that sampled nothing): one request at a time
+            return
         with self.metrics.log_time((TIMERS, AUX_LAUNCH_TIMER), reduce="mean", window=1):
             self._launch_aux_rollouts()
 
