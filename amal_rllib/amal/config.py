@@ -60,9 +60,9 @@ Defaults and why they differ from the prototype's where they do:
   primary sampling, so they compete with the primary runners for the cores).
   On 2 cores "sampling" slowed primary sampling by ~0.3 s per iteration: an
   auxiliary runner steps one env at ~5 ms per step (RLlib's per-step overhead),
-  ~150 steps per iteration. The learning studies in ``docs/results`` up to
-  ``amal_vs_mappo_3m_seed1_2M`` ran "sampling"; which ones ran "learner" is said
-  in each study's README.
+  ~150 steps per iteration. The learning studies in ``docs/results``
+  (``amal_vs_mappo_3m_study``, ``amal_vs_mappo_3m_2M``) ran "sampling"; one
+  600k-step seed of "learner" is reported beside them (``amal_vs_mappo_3m_2M``).
 - The auxiliary buffer is not checkpointed (``aux_buffer_capacity`` env steps of
   episodes would dwarf the model); after a restore it refills from the next generations.
 """
