@@ -16,7 +16,8 @@ LayerNorm), the world model (256, 256, 128) predicting 75 dimensions.
    at ``B`` <= 10% of it. Also printed: the MI bonus of the *whole* batch (what
    one training iteration pays, world-model pass and noise draws included) as
    a share of the update.
-Timings are medians of ``--repeats`` runs, in this process, on ``--device``.
+Timings are medians of ``--repeats`` runs, in this process, on ``--device``; the fused and
+``vmap`` paths alternate run by run.
 """
 
 from __future__ import annotations
@@ -43,6 +44,23 @@ def median_time(fn, repeats: int, device: torch.device) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def fused_and_vmap_times(fn, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median times of ``fn`` on the fused path and on the ``vmap`` path, alternating run by run
+    (this machine's speed drifts by +-20% over a minute; alternating keeps the comparison fair)."""
+    fused, vmapped = [], []
+    fn()  # warm-up, both paths
+    with generic_vmap_path():
+        fn()
+    for i in range(repeats):
+        for path in ("fused", "vmap") if i % 2 == 0 else ("vmap", "fused"):
+            if path == "fused":
+                fused.append(median_time(fn, 1, device))
+            else:
+                with generic_vmap_path():
+                    vmapped.append(median_time(fn, 1, device))
+    return statistics.median(fused), statistics.median(vmapped)
 
 
 def naive_mi(actor, world_model, noise, obs, mask, next_obs, chunk):
@@ -107,11 +125,7 @@ def part1(args, device):
         with torch.no_grad():
             return mi_estimate(actor, params, noise, obs, mask, action_log_likelihoods(world_model, obs, next_obs))
 
-    fast()  # warm-up
-    t_fast = median_time(fast, args.repeats, device)
-    with generic_vmap_path():
-        fast()
-        t_vmap = median_time(fast, args.repeats, device)
+    t_fast, t_vmap = fused_and_vmap_times(fast, args.repeats, device)
     naive_actor, naive_wm = actor.cpu(), world_model.cpu()
     cpu_noise = {n: e.cpu() for n, e in noise.items()}
     t0 = time.perf_counter()
@@ -177,11 +191,9 @@ def part2(args, device, t_b: float):
     )
     module = learner.module[SHARED_POLICY]
     rows = int(batch["world_model_mask"].sum())
-    piece.process_module_batch(module, dict(batch))
-    t_mi = median_time(lambda: piece.process_module_batch(module, dict(batch)), args.repeats, device)
-    with generic_vmap_path():
-        piece.process_module_batch(module, dict(batch))
-        t_mi_vmap = median_time(lambda: piece.process_module_batch(module, dict(batch)), args.repeats, device)
+    t_mi, t_mi_vmap = fused_and_vmap_times(
+        lambda: piece.process_module_batch(module, dict(batch)), args.repeats, device
+    )
     print(
         f"MI bonus on one training batch ({args.train_batch} env steps, {rows} primary agent-steps), device {learner._device}"
     )
