@@ -1,7 +1,9 @@
 """Real RLlib training runs of MAPPO with tiny budgets."""
 
 import math
+import time
 
+import numpy as np
 import pytest
 from toy_envs import CoordinationEnv
 
@@ -28,3 +30,51 @@ def test_mappo_learns_a_tiny_cooperative_task(ray_local):
     assert all(math.isfinite(r) for r in returns)
     assert returns[0] < 4.0
     assert returns[-1] > 6.5, returns
+
+
+def _flat(state: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}/")
+        else:
+            out[prefix + key] = np.asarray(value)
+    return out
+
+
+def test_restore_reaches_runners_even_while_a_sync_is_in_flight(ray_local, tmp_path):
+    """RLlib's post-restore sync is an async request that is dropped while one of its tag is in flight."""
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
+
+    from amal_rllib.presets import mappo_config
+
+    config = mappo_config(
+        "3m", num_env_runners=1, num_envs_per_env_runner=2, train_batch_size=100, evaluation_interval=None, seed=0
+    ).training(lr=3e-2)
+    trained = config.build_algo()
+    try:
+        trained.train()
+        path = trained.save_to_path(str(tmp_path / "ckpt"))
+    finally:
+        trained.stop()
+    fresh = config.build_algo()
+    try:
+        # The build-time sync is still unfetched here; RLlib would drop any new request of its tag right now.
+        fresh.env_runner_group.fetch_ready_async_reqs(tags="set_state", timeout_seconds=None)
+        # A slow request with the sync's tag, as a busy runner still working on the build-time sync would hold.
+        sent = fresh.env_runner_group.foreach_env_runner_async(lambda runner: time.sleep(3.0), tag="set_state")
+        assert sent == 1
+        fresh.restore_from_path(path)
+        learner = _flat(
+            fresh.learner_group.get_state(
+                components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}", inference_only=True
+            )[COMPONENT_LEARNER][COMPONENT_RL_MODULE]
+        )
+        (runner,) = fresh.env_runner_group.foreach_env_runner(
+            lambda r: r.module.get_state(inference_only=True), local_env_runner=False
+        )
+        runner = _flat(runner)
+        assert set(runner) <= set(learner) and runner
+        assert all(np.allclose(runner[k], learner[k]) for k in runner), "the runner kept its initial weights"
+    finally:
+        fresh.stop()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ray
 from ray.rllib.algorithms.ppo import PPO
+from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from ..envs.registry import register_envs
 from .config import MAPPOConfig
@@ -20,3 +23,24 @@ class MAPPO(PPO):
         # fresh process (``MAPPO.from_checkpoint``, ``AMAL.from_checkpoint``) skips them.
         register_envs()
         super().setup(config)
+
+    def restore_from_path(self, path, *args, **kwargs) -> None:
+        """RLlib's restore, then the learner's weights pushed to every env runner with a blocking call.
+
+        RLlib's own sync after a restore is an async ``set_state`` request, and its
+        actor manager silently drops a request while the previous one of that tag is
+        still in flight (``max_requests_in_flight_per_env_runner`` is 1). On a busy
+        machine the runners were still working on the sync sent at build time, so
+        the restored weights never reached them: a 1M-step MAPPO checkpoint's first
+        iteration after the restore sampled with the initial weights (win rate 0.0,
+        near-random episode lengths) and the first update on that data undid much
+        of the policy. ``tests/test_mappo_training.py`` reproduces the drop.
+        """
+        super().restore_from_path(path, *args, **kwargs)
+        if self.env_runner_group is None:
+            return
+        state = self.learner_group.get_state(
+            components=[f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}"], inference_only=True
+        )[COMPONENT_LEARNER]
+        ref = ray.put({k: v for k, v in state.items() if k in (COMPONENT_RL_MODULE, WEIGHTS_SEQ_NO)})
+        self.env_runner_group.foreach_env_runner(lambda runner: runner.set_state(ray.get(ref)))
