@@ -305,7 +305,7 @@ class AMAL(MAPPO):
             self._candidate_params[candidate] = phi + self._generation[candidate]
             state = actor_state_from_flat(self._candidate_params[candidate], self._actor_layout)
             assignments[workers[i % len(workers)]].append((candidate, state))
-        self.aux_env_runner_group.foreach_env_runner_async(
+        sent = self.aux_env_runner_group.foreach_env_runner_async(
             functools.partial(
                 play_candidates,
                 assignments=assignments,
@@ -315,6 +315,11 @@ class AMAL(MAPPO):
             tag=_AUX_TAG,
             remote_worker_ids=list(assignments),
         )
+        if sent < len(assignments):  # RLlib drops a request while one of its tag is in flight on that runner
+            raise RuntimeError(
+                f"{len(assignments) - sent} of {len(assignments)} auxiliary runners refused their candidates: an "
+                "earlier auxiliary request is still in flight (AMAL sends one at a time; this is a bug)"
+            )
         self._aux_in_flight = list(take)
 
     def _collect_aux_rollouts(self) -> int:
