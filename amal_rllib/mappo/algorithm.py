@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ray
 from ray.rllib.algorithms.ppo import PPO
-from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
-from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from ..envs.registry import register_envs
 from .config import MAPPOConfig
@@ -25,7 +22,7 @@ class MAPPO(PPO):
         super().setup(config)
 
     def restore_from_path(self, path, *args, **kwargs) -> None:
-        """RLlib's restore, then the learner's weights pushed to every env runner with a blocking call.
+        """RLlib's restore, after waiting for every in-flight weight sync of the env runners.
 
         RLlib's own sync after a restore is an async ``set_state`` request, and its
         actor manager silently drops a request while the previous one of that tag is
@@ -34,13 +31,9 @@ class MAPPO(PPO):
         the restored weights never reached them: a 1M-step MAPPO checkpoint's first
         iteration after the restore sampled with the initial weights (win rate 0.0,
         near-random episode lengths) and the first update on that data undid much
-        of the policy. ``tests/test_mappo_training.py`` reproduces the drop.
+        of the policy. Waiting for the earlier request first lets RLlib's sync through.
+        ``tests/test_mappo_training.py`` reproduces the drop.
         """
+        if self.env_runner_group is not None:  # let the build-time sync finish, so RLlib's own one is not dropped
+            self.env_runner_group.fetch_ready_async_reqs(tags="set_state", timeout_seconds=None)
         super().restore_from_path(path, *args, **kwargs)
-        if self.env_runner_group is None:
-            return
-        state = self.learner_group.get_state(
-            components=[f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}"], inference_only=True
-        )[COMPONENT_LEARNER]
-        ref = ray.put({k: v for k, v in state.items() if k in (COMPONENT_RL_MODULE, WEIGHTS_SEQ_NO)})
-        self.env_runner_group.foreach_env_runner(lambda runner: runner.set_state(ray.get(ref)))
