@@ -23,6 +23,12 @@ LEARNER_DEVICE = "learner_device"
 TIME_THIS_ITER_S = "time_this_iter_s"
 ENV_STEPS_PER_S = "env_steps_per_s"
 
+#: Flat study metrics every algorithm reports (``MAPPO.step``): the greedy evaluation's win rate in the
+#: iterations that evaluated, and the mean of every greedy evaluation so far (an area under the curve).
+GREEDY_WIN_RATE = "greedy_win_rate"
+GREEDY_WIN_RATE_MEAN = "greedy_win_rate_mean"
+GREEDY_EVALUATIONS = "greedy_evaluations"
+
 #: Per-episode metric the env-runner callback logs (team return: one agent's, not summed).
 TEAM_RETURN = "team_return"
 BATTLE_WON = "battle_won"
@@ -63,7 +69,8 @@ def summarize_result(result: dict, module_id: str = "shared_policy") -> dict[str
     }
 
 
-# AMAL (amal.md, "Metrics every iteration").
+# AMAL (amal.md, "Metrics every iteration"). MAPPO reports the primary and total counts too
+# (total = primary there), so one stop key means the same budget for both algorithms.
 ENV_STEPS_PRIMARY_LIFETIME = "env_steps_primary_lifetime"
 ENV_STEPS_AUX = "env_steps_auxiliary"
 ENV_STEPS_AUX_LIFETIME = "env_steps_auxiliary_lifetime"

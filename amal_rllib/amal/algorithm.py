@@ -212,8 +212,12 @@ class AMAL(MAPPO):
     # --------------------------------------------------------------- training
     def training_step(self) -> None:
         cfg: AMALConfig = self.config
-        if self.aux_env_runner_group is not None and cfg.aux_rollout_overlap == "sampling":
-            self._timed_launch()
+        if self.aux_env_runner_group is not None:
+            # RLlib restores (probes and re-syncs) only its own groups; a restarted auxiliary runner is
+            # marked healthy again here (``restart_failed_env_runners``).
+            self.restore_env_runners(self.aux_env_runner_group)
+            if cfg.aux_rollout_overlap == "sampling":
+                self._timed_launch()
 
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             episodes, env_runner_results = synchronous_parallel_sample(
@@ -298,7 +302,14 @@ class AMAL(MAPPO):
         del self._generation_queue[: len(take)]
         workers = self.aux_env_runner_group.healthy_worker_ids()
         if not workers:
-            raise RuntimeError("AMAL has no healthy auxiliary env runner left")
+            if not cfg.restart_failed_env_runners:
+                raise RuntimeError(
+                    "AMAL has no healthy auxiliary env runner left; set "
+                    "config.fault_tolerance(restart_failed_env_runners=True) to have failed runners restarted"
+                )
+            logger.warning("no healthy auxiliary env runner (being restarted): candidates %s wait", take)
+            self._generation_queue[:0] = take
+            return
         assignments: dict[int, list] = {w: [] for w in workers}
         phi = self._phi()
         for i, candidate in enumerate(take):
@@ -326,8 +337,14 @@ class AMAL(MAPPO):
         """Wait for the auxiliary runners, score the candidates, fill the buffer; returns the aux env steps."""
         cfg: AMALConfig = self.config
         replies = self.aux_env_runner_group.fetch_ready_async_reqs(tags=_AUX_TAG, timeout_seconds=None)
-        self._aux_in_flight = []
         played = [item for _, (items, _) in replies for item in items]
+        lost = [c for c in self._aux_in_flight if c not in {candidate for candidate, _ in played}]
+        self._aux_in_flight = []
+        if lost:
+            # A runner died with its candidates (``restart_failed_env_runners`` brings it back): play them
+            # again, so the generation still completes.
+            logger.warning("auxiliary env runner failure: CEM candidates %s lost, queued again", lost)
+            self._generation_queue[:0] = lost
         runner_metrics = [metrics for _, (_, metrics) in replies]
         if runner_metrics:
             self.metrics.aggregate(runner_metrics, key=AUX_ENV_RUNNER_RESULTS)

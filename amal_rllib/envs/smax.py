@@ -82,6 +82,21 @@ class SMAXUnavailableError(ImportError):
     """JaxMARL (or one of its imports, e.g. ``six`` for gymnax) is missing."""
 
 
+#: JAX's persistent compilation cache: every env runner process (Tune trials start many) jit-compiles the
+#: same SMAX programs; with the cache the second one loads them (~1-4 s less per process on 2 cores).
+#: ``JAX_COMPILATION_CACHE_DIR`` set by the user wins; ``AMAL_JAX_CACHE=0`` turns it off.
+DEFAULT_JAX_CACHE_DIR = "~/.cache/amal_rllib/jax"
+
+
+def _enable_compilation_cache(jax) -> None:
+    if os.environ.get("AMAL_JAX_CACHE", "1") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    if jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(DEFAULT_JAX_CACHE_DIR))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _import_smax():
     """Import JAX and JaxMARL's SMAX lazily, on the CPU unless the caller chose otherwise."""
     caller_chose_platform = "JAX_PLATFORMS" in os.environ
@@ -95,6 +110,7 @@ def _import_smax():
         # apply the CPU default through the config unless the caller chose a platform.
         if not caller_chose_platform and not jax.config.jax_platforms:
             jax.config.update("jax_platforms", "cpu")
+        _enable_compilation_cache(jax)
 
         # jaxmarl prints about optional submodules on import; keep stdout clean.
         with contextlib.redirect_stdout(io.StringIO()) as chatter:

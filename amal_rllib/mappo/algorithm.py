@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from ray.rllib.algorithms.ppo import PPO
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from ..envs.registry import register_envs
+from ..metrics import (
+    BATTLE_WON,
+    ENV_STEPS_PRIMARY_LIFETIME,
+    ENV_STEPS_TOTAL_LIFETIME,
+    GREEDY_EVALUATIONS,
+    GREEDY_WIN_RATE,
+    GREEDY_WIN_RATE_MEAN,
+)
 from .config import MAPPOConfig
 from .module import set_cpu_threads
+
+#: Checkpoint component holding the greedy evaluations so far (their mean is a study metric).
+GREEDY_STATE_KEY = "greedy_evaluations"
 
 
 class MAPPO(PPO):
@@ -19,7 +34,51 @@ class MAPPO(PPO):
         # The presets register the env names when they build a config; a checkpoint restored in a
         # fresh process (``MAPPO.from_checkpoint``, ``AMAL.from_checkpoint``) skips them.
         register_envs()
+        self._greedy_win_rates: list[float] = []
+        self._evaluated_this_step = False
         super().setup(config)
+
+    def training_step(self) -> None:
+        super().training_step()
+        # MAPPO has only primary steps; AMAL logs primary + auxiliary under the same names.
+        primary = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        self.metrics.log_value(ENV_STEPS_PRIMARY_LIFETIME, float(primary), window=1)
+        self.metrics.log_value(ENV_STEPS_TOTAL_LIFETIME, float(primary), window=1)
+
+    def evaluate(self, *args, **kwargs):
+        self._evaluated_this_step = True
+        return super().evaluate(*args, **kwargs)
+
+    def step(self) -> dict:
+        """RLlib's step plus flat greedy-evaluation metrics.
+
+        RLlib repeats the last evaluation's results in the iterations that did
+        not evaluate; ``greedy_win_rate`` appears only in those that did, and
+        ``greedy_win_rate_mean`` (the mean over every greedy evaluation so far,
+        an area under the learning curve) in every result, NaN before the first.
+        """
+        self._evaluated_this_step = False
+        result = super().step()
+        if self._evaluated_this_step:
+            won = result.get(EVALUATION_RESULTS, {}).get(ENV_RUNNER_RESULTS, {}).get(BATTLE_WON)
+            if won is not None and np.isfinite(won):
+                self._greedy_win_rates.append(float(won))
+                result[GREEDY_WIN_RATE] = float(won)
+        # NaN until the first evaluation: Tune's searchers want the key in every result.
+        result[GREEDY_WIN_RATE_MEAN] = float(np.mean(self._greedy_win_rates)) if self._greedy_win_rates else np.nan
+        result[GREEDY_EVALUATIONS] = len(self._greedy_win_rates)
+        return result
+
+    def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        if self._check_component(GREEDY_STATE_KEY, components, not_components):
+            state[GREEDY_STATE_KEY] = list(self._greedy_win_rates)
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if GREEDY_STATE_KEY in state:
+            self._greedy_win_rates = list(state[GREEDY_STATE_KEY])
 
     def restore_from_path(self, path, *args, **kwargs) -> None:
         """RLlib's restore, after waiting for every in-flight weight sync of the env runners.

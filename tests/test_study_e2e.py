@@ -1,0 +1,181 @@
+"""The main job end to end (real local Ray, real Tune, real SMAX): report, dashboard with token, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from study_helpers import free_port, job_env, kill_job_tree, start_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"job exited ({proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}" + (f":\n{log.read_text()[-4000:]}" if log else ""))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The README's main job (no --preset: it must pick smoke here), started once for the tests below."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = job_env(tmp / "auth_token")
+    port = free_port()
+    log = tmp / "job.log"
+    proc = start_job(["--storage-path", str(tmp / "results"), "--name", "smoke", "--dashboard-port", str(port)],
+                     env, log)
+    yield {"proc": proc, "log": log, "port": port, "env": env, "root": tmp / "results" / "smoke", "started": time.time()}
+    if proc.poll() is None:
+        kill_job_tree(proc, env)
+    else:
+        kill_job_tree(proc, env)  # leftovers of its Ray, if any
+
+
+def _get(url: str, token: str | None):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, None
+
+
+def test_running_study_is_visible_on_the_dashboard_with_the_token_and_refused_without(smoke_run):
+    log, proc = smoke_run["log"], smoke_run["proc"]
+    url = _wait_for(lambda: re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", log.read_text()), 180,
+                    "the dashboard address", proc, log).group(1)
+    assert url.endswith(f":{smoke_run['port']}")
+    assert "token authentication is on" in log.read_text()
+    token = Path(smoke_run["env"]["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    assert str(smoke_run["env"]["RAY_AUTH_TOKEN_PATH"]) in log.read_text()  # the job says where the token is
+
+    def trial_actors():
+        status, body = _get(f"{url}/api/v0/actors?limit=1000&detail=false", token)
+        if status != 200 or not body:
+            return None
+        actors = body["data"]["result"]["result"]
+        names = {a.get("class_name") for a in actors if a.get("state") == "ALIVE"}
+        return names if names & {"AMALTrial", "MAPPOTrial"} else None
+
+    names = _wait_for(trial_actors, 240, "a trial actor on the dashboard", proc, log)
+    assert names & {"AMALTrial", "MAPPOTrial"}
+    assert proc.poll() is None  # seen while the study runs
+    status, _ = _get(f"{url}/api/v0/actors?limit=10", None)
+    assert status == 401
+    status, _ = _get(f"{url}/api/v0/actors?limit=10", "not-the-token")
+    assert status == 403
+
+
+def test_main_job_picks_smoke_and_writes_a_complete_report(smoke_run):
+    proc, log = smoke_run["proc"], smoke_run["log"]
+    rc = proc.wait(timeout=600)
+    text = log.read_text()
+    assert rc == 0, text[-4000:]
+    wall = time.time() - smoke_run["started"]
+    assert "picked 'smoke'" in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("Report: ")  # the report's path is printed last
+    summary = Path(last.removeprefix("Report: "))
+    root = smoke_run["root"]
+    assert summary == root / "report" / "summary.md"
+    table = pd.read_parquet(root / "report" / "trials.parquet")
+    assert pd.read_csv(root / "report" / "trials.csv").shape == table.shape
+    manifest = json.loads((root / "study.json").read_text())
+    study = manifest["study"]
+    # One row per trial: the search's configurations, then 3 variants x the confirm seeds.
+    assert (table["phase"] == "search").sum() == study["num_samples"] * study["search_seeds"]
+    confirm = table[table["phase"] == "confirm"]
+    assert sorted(confirm["variant"].unique()) == ["amal_best", "amal_default", "mappo"]
+    assert (confirm.groupby("variant")["seed"].apply(sorted).apply(list) == [[1000]] * 3).all()
+    assert (confirm["total_env_steps"] >= study["env_steps"]).all()  # one stop key: total env steps
+    best = manifest["best"]["3m"]
+    amal_best = confirm[confirm["variant"] == "amal_best"]
+    assert amal_best["lambda_info"].iloc[0] == pytest.approx(best["lambda_info"])
+    for column in ("final_greedy_win_rate", "best_greedy_win_rate", "env_steps_to_0.5", "env_steps_to_0.8",
+                   "wall_time_s", "lambda_info", "perturbation_std", "seed", "scenario", "algorithm"):
+        assert column in table.columns
+    assert table["final_greedy_win_rate"].between(0, 1).all()
+    for png in ("win_rate.png", "amal_internals.png", "search.png"):
+        assert (root / "report" / png).stat().st_size > 10_000
+    md = summary.read_text()
+    assert "python tune_jobs/amal_vs_mappo.py" in md and "amal-umc" in md  # command and code version
+    claims = pd.read_csv(root / "report" / "claims.csv")
+    assert claims["sentence"].iloc[0] in md
+    assert "not separable with 1 seed" in claims["sentence"].iloc[0]  # smoke: one confirm seed per algorithm
+    # Tune's own outputs stay usable: result.json, progress.csv, TensorBoard event files per trial.
+    trial_dirs = [p for p in (root / "confirm-3m-mappo").iterdir() if p.is_dir()]
+    assert trial_dirs and all((d / "progress.csv").is_file() for d in trial_dirs)
+    assert all(list(d.glob("events.out.tfevents.*")) for d in trial_dirs)
+    print(f"main job wall time: {wall:.0f} s")
+
+
+def _checkpoint_iterations(trial_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[-1]) for p in trial_dir.glob("checkpoint_*"))
+
+
+def test_sigkill_of_the_driver_then_resume_finishes_every_trial_from_its_checkpoint(tmp_path):
+    env = job_env(tmp_path / "auth_token")
+    args = ["--preset", "smoke", "--storage-path", str(tmp_path / "results"), "--name", "killed",
+            "--num-samples", "2", "--search-env-steps", "2500", "--checkpoint-frequency", "1",
+            "--dashboard-port", str(free_port())]
+    log = tmp_path / "first.log"
+    proc = start_job(args, env, log)
+    search = tmp_path / "results" / "killed" / "search-3m"
+
+    def two_checkpoints():
+        if not search.is_dir() or not list(search.glob("experiment_state-*.json")):
+            return None
+        dirs = [d for d in search.iterdir() if d.is_dir() and len(_checkpoint_iterations(d)) >= 2]
+        return dirs or None
+
+    try:
+        _wait_for(two_checkpoints, 400, "a search trial's second checkpoint", proc, log)
+    finally:
+        kill_job_tree(proc, env)  # SIGKILL: the driver and the local Ray it started
+    before = {}
+    for d in search.iterdir():
+        if d.is_dir() and (d / "result.json").is_file():
+            rows = [json.loads(x) for x in (d / "result.json").read_text().splitlines() if x.strip().endswith("}")]
+            before[d.name] = (max(r["training_iteration"] for r in rows), max(_checkpoint_iterations(d), default=0))
+    assert before
+
+    log2 = tmp_path / "resume.log"
+    resumed = start_job(["--resume", str(tmp_path / "results" / "killed"), "--dashboard-port", str(free_port())],
+                        env, log2)
+    try:
+        rc = resumed.wait(timeout=700)
+    finally:
+        kill_job_tree(resumed, env)
+    text = log2.read_text()
+    assert rc == 0, text[-4000:]
+    assert "resuming search-3m" in text
+    table = pd.read_parquet(tmp_path / "results" / "killed" / "report" / "trials.parquet")
+    search_rows = table[table["phase"] == "search"]
+    assert len(search_rows) == 2 and (table["phase"] == "confirm").sum() == 3
+    redone_total = 0
+    for name, (last_iter, ckpt_iter) in before.items():
+        rows = [json.loads(x) for x in (search / name / "result.json").read_text().splitlines() if x.strip()]
+        iterations = [r["training_iteration"] for r in rows]
+        # Continued, not restarted: after the kill the trial's next iteration is its checkpoint's + 1.
+        rewinds = [b for a, b in zip(iterations, iterations[1:], strict=False) if b <= a]
+        if ckpt_iter and last_iter > ckpt_iter:
+            assert rewinds == [ckpt_iter + 1], (name, iterations)
+        assert iterations.count(1) == 1, (name, iterations)  # never started from scratch
+        redone_total += last_iter - ckpt_iter
+        row = search_rows[search_rows["trial_id"] == rows[-1]["trial_id"]]
+        assert int(row["redone_iterations"].iloc[0]) == last_iter - ckpt_iter
+    print(f"iterations redone after the SIGKILL: {redone_total} (over {len(before)} trial(s))")
