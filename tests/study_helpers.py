@@ -31,7 +31,7 @@ def job_env(token_path: Path) -> dict[str, str]:
 
 
 def start_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    fh = open(log, "w")  # noqa: SIM115 - closed by the caller through the process
+    fh = open(log, "w")
     return subprocess.Popen([sys.executable, str(JOB), *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
                             cwd=REPO, start_new_session=True)
 

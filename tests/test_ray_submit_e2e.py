@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from study_helpers import REPO, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -79,7 +78,7 @@ def cluster(tmp_path_factory):
         keep = f"mount --bind {base_python} {home / base_python.relative_to('/root')} && "
     inner = (f"{keep}mount --rbind {home} /root && mount --bind {private_tmp} /tmp && "
              "exec /usr/sbin/sshd -D -e -f /root/sshd/sshd_config")
-    sshd_log = open(base / "sshd.log", "w")  # noqa: SIM115
+    sshd_log = open(base / "sshd.log", "w")
     sshd = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private",
                              "sh", "-c", inner], stdout=sshd_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from study_helpers import free_port, job_env, kill_job_tree, start_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -146,12 +145,12 @@ def test_sigkill_of_the_driver_then_resume_finishes_every_trial_from_its_checkpo
         _wait_for(two_checkpoints, 400, "a search trial's second checkpoint", proc, log)
     finally:
         kill_job_tree(proc, env)  # SIGKILL: the driver and the local Ray it started
-    before = {}
+    before = {}  # trial folder -> (last iteration reported before the kill, checkpoints written)
     for d in search.iterdir():
         if d.is_dir() and (d / "result.json").is_file():
             rows = [json.loads(x) for x in (d / "result.json").read_text().splitlines() if x.strip().endswith("}")]
-            before[d.name] = (max(r["training_iteration"] for r in rows), max(_checkpoint_iterations(d), default=0))
-    assert before
+            before[d.name] = (max(r["training_iteration"] for r in rows), len(_checkpoint_iterations(d)))
+    assert any(n_ckpt >= 2 for _, n_ckpt in before.values())
 
     log2 = tmp_path / "resume.log"
     resumed = start_job(["--resume", str(tmp_path / "results" / "killed"), "--dashboard-port", str(free_port())],
@@ -167,15 +166,18 @@ def test_sigkill_of_the_driver_then_resume_finishes_every_trial_from_its_checkpo
     search_rows = table[table["phase"] == "search"]
     assert len(search_rows) == 2 and (table["phase"] == "confirm").sum() == 3
     redone_total = 0
-    for name, (last_iter, ckpt_iter) in before.items():
+    for name, (last_iter, n_ckpt) in before.items():
         rows = [json.loads(x) for x in (search / name / "result.json").read_text().splitlines() if x.strip()]
-        iterations = [r["training_iteration"] for r in rows]
-        # Continued, not restarted: after the kill the trial's next iteration is its checkpoint's + 1.
-        rewinds = [b for a, b in zip(iterations, iterations[1:], strict=False) if b <= a]
-        if ckpt_iter and last_iter > ckpt_iter:
-            assert rewinds == [ckpt_iter + 1], (name, iterations)
-        assert iterations.count(1) == 1, (name, iterations)  # never started from scratch
-        redone_total += last_iter - ckpt_iter
-        row = search_rows[search_rows["trial_id"] == rows[-1]["trial_id"]]
-        assert int(row["redone_iterations"].iloc[0]) == last_iter - ckpt_iter
+        assert rows[-1]["env_steps_total_lifetime"] >= 2500  # finished its budget
+        # The first result after the resume says where the trial restarted: its checkpoint's iteration + 1.
+        after_kill = [r for r in rows if r["iterations_since_restore"] == 1 and r["training_iteration"] > 1]
+        if n_ckpt:
+            assert after_kill, (name, [r["training_iteration"] for r in rows])  # continued, not from iteration 1
+            restored = after_kill[-1]["training_iteration"] - 1
+            assert 1 <= restored <= last_iter
+            assert last_iter - restored <= 1 + 1  # at most one checkpoint interval (1) plus the one in flight
+            redone_total += last_iter - restored
+            row = search_rows[search_rows["trial_id"] == rows[-1]["trial_id"]]
+            assert int(row["redone_iterations"].iloc[0]) == last_iter - restored
+        assert [r["training_iteration"] for r in rows].count(1) == 1, name  # never started from scratch
     print(f"iterations redone after the SIGKILL: {redone_total} (over {len(before)} trial(s))")

@@ -198,7 +198,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--preset {args.preset!r}: unknown preset; choose one of {', '.join(PRESETS)}")
 
     if args.resume is not None:
-        if overrides(args) and set(overrides(args)) - {"storage_path"} or args.config or args.preset:
+        if (overrides(args) and set(overrides(args)) - {"storage_path"}) or args.config or args.preset:
             raise UsageError("--resume: a resumed study keeps the settings it started with; "
                              "drop --preset/--config/study flags (only --storage-path may be given)")
         exp_root = find_experiment(args.resume, args.storage_path or StudyConfig.storage_path)

@@ -92,32 +92,42 @@ def _token_auth_on() -> bool:
     return get_authentication_mode() == AuthenticationMode.TOKEN
 
 
+def running_cluster_address() -> str | None:
+    """``RAY_ADDRESS`` (set by ``ray job submit`` for its jobs), else the head node that ``ray start --head``
+    recorded on this machine (what ``ray.init()`` without an address joins), else None.
+
+    Not ``address="auto"``: that also joins any other driver's ``ray.init()`` Ray found among the
+    running processes, e.g. a second study started on the same laptop.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    from ray._private.services import find_bootstrap_address
+
+    return find_bootstrap_address(None)
+
+
 def connect(num_cpus: int | None = None, dashboard_port: int = DEFAULT_DASHBOARD_PORT) -> RaySession:
     """``RAY_ADDRESS`` or a head node on this machine when there is one, else a local Ray with its dashboard."""
     import ray
 
     if ray.is_initialized():
         joined = True
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    elif (address := running_cluster_address()) is not None:
+        ray.init(address=address, log_to_driver=True)
         joined = True
     else:
-        try:
-            ray.init(address="auto", log_to_driver=True)
-            joined = True
-        except ConnectionError:
-            # Ray 2.60's default for a local cluster is token authentication (it makes the token);
-            # with RAY_AUTH_MODE=token set explicitly it expects the token to exist.
-            if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-                ensure_token()
-            ray.init(
-                num_cpus=num_cpus,
-                include_dashboard=True,
-                dashboard_host=DASHBOARD_HOST,
-                dashboard_port=dashboard_port,
-                log_to_driver=True,
-            )
-            joined = False
+        # Ray 2.60's default for a local cluster is token authentication (it makes the token);
+        # with RAY_AUTH_MODE=token set explicitly it expects the token to exist.
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            ensure_token()
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host=DASHBOARD_HOST,
+            dashboard_port=dashboard_port,
+            log_to_driver=True,
+        )
+        joined = False
     context = ray.get_runtime_context()
     resources = ray.cluster_resources()
     dashboard = getattr(ray.worker.global_worker.node, "address_info", {}).get("webui_url") if not joined else None
@@ -126,7 +136,7 @@ def connect(num_cpus: int | None = None, dashboard_port: int = DEFAULT_DASHBOARD
             from ray._private.worker import get_dashboard_url
 
             dashboard = get_dashboard_url() or None
-        except Exception:  # noqa: BLE001 - only a display hint
+        except Exception:
             dashboard = None
     if dashboard and not dashboard.startswith("http"):
         dashboard = "http://" + dashboard

@@ -339,7 +339,7 @@ def _plot_amal_internals(trials, scenarios, out: Path) -> Path:
         axes[0, col].set(title=f"{scenario}: MI estimate mean (solid) and bonus std (dotted), nats",
                          xlabel="total env steps")
         axes[1, col].set(title=f"{scenario}: CEM fitness, best (solid) and mean (dashed)", xlabel="total env steps")
-        handles, labels = axes[0, col].get_legend_handles_labels()
+        handles, _labels = axes[0, col].get_legend_handles_labels()
         if handles:
             axes[0, col].legend(fontsize=7)
     fig.tight_layout()
