@@ -78,3 +78,39 @@ def test_restore_reaches_runners_even_while_a_sync_is_in_flight(ray_local, tmp_p
         assert all(np.allclose(runner[k], learner[k]) for k in runner), "the runner kept its initial weights"
     finally:
         fresh.stop()
+
+
+def test_mappo_reports_the_study_metrics_and_checkpoints_the_greedy_history(ray_local, tmp_path):
+    """One stop key for both algorithms (total env steps = primary for MAPPO) and flat greedy win rates."""
+    from amal_rllib.mappo import MAPPO
+    from amal_rllib.metrics import (
+        ENV_STEPS_PRIMARY_LIFETIME,
+        ENV_STEPS_TOTAL_LIFETIME,
+        GREEDY_EVALUATIONS,
+        GREEDY_WIN_RATE,
+        GREEDY_WIN_RATE_MEAN,
+    )
+    from amal_rllib.presets import mappo_config
+
+    config = mappo_config("3m", num_env_runners=0, num_envs_per_env_runner=4, train_batch_size=200,
+                          evaluation_interval=2, evaluation_episodes=4)
+    algo = config.build_algo()
+    try:
+        results = [algo.train() for _ in range(4)]
+        path = algo.save_to_path(str(tmp_path / "ckpt"))
+    finally:
+        algo.stop()
+    for r in results:
+        primary = r["env_runners"]["num_env_steps_sampled_lifetime"]
+        assert r[ENV_STEPS_TOTAL_LIFETIME] == r[ENV_STEPS_PRIMARY_LIFETIME] == primary
+    assert [GREEDY_WIN_RATE in r for r in results] == [False, True, False, True]  # only iterations that evaluated
+    assert math.isnan(results[0][GREEDY_WIN_RATE_MEAN])  # no evaluation yet
+    greedy = [results[1][GREEDY_WIN_RATE], results[3][GREEDY_WIN_RATE]]
+    assert greedy[0] == results[1]["evaluation"]["env_runners"]["battle_won"]
+    assert results[3][GREEDY_WIN_RATE_MEAN] == pytest.approx(np.mean(greedy))
+    assert results[3][GREEDY_EVALUATIONS] == 2
+    restored = MAPPO.from_checkpoint(path)
+    try:
+        assert restored._greedy_win_rates == pytest.approx(greedy)
+    finally:
+        restored.stop()

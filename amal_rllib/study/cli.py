@@ -216,7 +216,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
     from .ray_session import connect
 
-    session = connect(num_cpus=None if args.resume else _num_cpus_hint(args), dashboard_port=args.dashboard_port)
+    num_cpus = study.num_cpus if args.resume is not None else _num_cpus_hint(args)
+    session = connect(num_cpus=num_cpus, dashboard_port=args.dashboard_port)
     print(session.describe(), flush=True)
 
     if args.resume is None:
@@ -260,4 +261,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _num_cpus_hint(args: argparse.Namespace) -> int | None:
-    return args.num_cpus
+    """CPUs of a Ray this job starts: ``--num-cpus``, else the ``--config`` file's or the preset's ``num_cpus``."""
+    if args.num_cpus is not None:
+        return args.num_cpus
+    if args.config is not None and load_yaml(args.config).num_cpus is not None:
+        return load_yaml(args.config).num_cpus
+    return load_preset(args.preset).num_cpus if args.preset else None

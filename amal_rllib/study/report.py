@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,8 @@ def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray,
     from scipy import stats
 
     n = np.sum(np.isfinite(values), axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points without data are NaN, on purpose
         mean = np.where(n > 0, np.nanmean(np.where(np.isfinite(values), values, np.nan), axis=0), np.nan)
         sd = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1])
         half = np.where(n > 1, stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n), 0.0)
@@ -175,7 +177,8 @@ def claim_saving(
     """
     last = np.array([row[np.isfinite(row)][-1] for row in mappo if np.isfinite(row).any()])
     target = float(last.mean())
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points before any seed's first evaluation
         mean_a = np.nanmean(amal, axis=0)
         mean_m = np.nanmean(mappo, axis=0)
     steps_a = steps_to_reach(grid, np.nan_to_num(mean_a, nan=-1.0), target - 1e-12)
