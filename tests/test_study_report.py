@@ -116,3 +116,13 @@ def test_load_trials_keeps_the_resumed_rows_and_counts_the_redone_ones(tmp_path)
     assert math.isnan(table.loc[0, "env_steps_to_0.8"])
     assert table.loc[0, "variant"] == "mappo" and table.loc[0, "seed"] == 1000
     assert table.loc[0, "total_env_steps"] == 5000.0 and table.loc[0, "redone_iterations"] == 2
+
+
+def test_never_reaching_the_target_is_said_plainly():
+    grid = np.linspace(0.0, 1000.0, 11)
+    mappo = np.array([np.clip(grid / 1000.0, 0, 1) * 0.8 + d for d in (0.0, 0.02, -0.02)])
+    amal = np.array([np.full_like(grid, 0.3 + d) for d in (0.0, 0.01, 0.02)])
+    claim = bootstrap_claim("3m", amal, mappo, grid, samples=200, confidence=0.95)
+    assert claim.saving == -math.inf and claim.separable
+    assert claim.sentence().startswith("3m: AMAL did not reach MAPPO's final greedy win rate (0.80)")
+    assert "AMAL is slower" in claim.sentence()

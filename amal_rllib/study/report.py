@@ -211,6 +211,13 @@ class Claim:
             return (f"{head}: not separable with {min(self.n_amal, self.n_mappo)} seed(s) per algorithm "
                     f"(a bootstrap over seeds needs at least 2); point estimate: {_pct(self.saving)}.")
         interval = f"{self.confidence:.0%} interval [{_pct(self.low, signed=True)}, {_pct(self.high, signed=True)}]"
+        if not np.isfinite(self.steps_amal):
+            spread = ("nor in any bootstrap resample of the seeds" if self.high == -math.inf
+                      else f"saving {interval}")
+            verdict = "AMAL is slower" if self.separable else "not separable"
+            return (f"{head}: AMAL did not reach MAPPO's final greedy win rate ({self.target:.2f}) within its budget "
+                    f"(MAPPO: {_steps(self.steps_mappo)} env steps; means over {self.n_amal} AMAL and {self.n_mappo} "
+                    f"MAPPO seeds), {spread}: {verdict}.")
         if not self.separable:
             return (f"{head}: not separable with {self.n_amal} AMAL and {self.n_mappo} MAPPO seeds: AMAL's saving in "
                     f"env steps to MAPPO's final greedy win rate {self.target:.2f} is {_pct(self.saving, signed=True)}, "
