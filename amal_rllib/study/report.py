@@ -7,8 +7,11 @@ is in small pure functions; ``write_report`` only reads Tune's trial folders
 The claim (``amal.md``): *AMAL reaches MAPPO's performance with 20-40% fewer
 env samples.* Method, per scenario, on the confirm seeds:
 1. every seed's greedy win rate is put on one grid of total env steps (linear
-   interpolation between evaluations; nothing before the first or after the last);
-2. MAPPO's final win rate is the mean over its seeds of their last evaluation;
+   interpolation between evaluations; nothing before the first or after the last),
+   and only the common horizon counts: the grid points where every seed of both
+   algorithms has data (AMAL's auxiliary steps make its last evaluation land a
+   few thousand steps before MAPPO's);
+2. MAPPO's final win rate is its mean curve's value at the end of that horizon;
 3. an algorithm's env steps to that target are the first grid point where the
    mean curve over its seeds reaches it (never: infinite);
 4. saving = 1 - steps(AMAL-best) / steps(MAPPO); its interval is the
@@ -171,18 +174,20 @@ def claim_saving(
 ) -> tuple[float, float, float, float]:
     """(saving, target, steps AMAL, steps MAPPO) for seeds-by-grid arrays [S_a, G], [S_m, G].
 
-    target = mean over MAPPO's seeds of each seed's last value on the grid;
-    steps = first grid point where the mean curve reaches it; saving = 1 - steps_a / steps_m
-    (-inf when AMAL never reaches it).
+    Only the grid points where every seed of both algorithms has data count (the common
+    horizon: evaluations fall every few iterations, and AMAL's auxiliary steps make its last
+    evaluation land earlier than MAPPO's). target = MAPPO's mean win rate at the end of that
+    horizon; steps = the first point where an algorithm's mean curve reaches it;
+    saving = 1 - steps_a / steps_m (-inf when AMAL never reaches it).
     """
-    last = np.array([row[np.isfinite(row)][-1] for row in mappo if np.isfinite(row).any()])
-    target = float(last.mean())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # grid points before any seed's first evaluation
-        mean_a = np.nanmean(amal, axis=0)
-        mean_m = np.nanmean(mappo, axis=0)
-    steps_a = steps_to_reach(grid, np.nan_to_num(mean_a, nan=-1.0), target - 1e-12)
-    steps_m = steps_to_reach(grid, np.nan_to_num(mean_m, nan=-1.0), target - 1e-12)
+    common = np.isfinite(amal).all(axis=0) & np.isfinite(mappo).all(axis=0)
+    if not common.any():
+        return math.nan, math.nan, math.nan, math.nan
+    grid, amal, mappo = grid[common], amal[:, common], mappo[:, common]
+    mean_a, mean_m = amal.mean(axis=0), mappo.mean(axis=0)
+    target = float(mean_m[-1])
+    steps_a = steps_to_reach(grid, mean_a, target - 1e-12)
+    steps_m = steps_to_reach(grid, mean_m, target - 1e-12)
     if math.isnan(steps_a):
         return -math.inf, target, math.inf, steps_m
     return 1.0 - steps_a / steps_m, target, steps_a, steps_m
@@ -244,6 +249,8 @@ def bootstrap_claim(
 ) -> Claim:
     """:func:`claim_saving` and its percentile-bootstrap interval over seeds (each side resampled)."""
     saving, target, steps_a, steps_m = claim_saving(amal, mappo, grid)
+    if math.isnan(target):
+        raise ValueError(f"{scenario}: AMAL's and MAPPO's greedy curves have no env-step range in common")
     rng = np.random.default_rng(seed)
     draws = np.empty(samples)
     for b in range(samples):
@@ -306,6 +313,9 @@ def _plot_win_rates(trials, scenarios, claims, out: Path, confidence: float) -> 
             if not len(values):
                 continue
             mean, low, high = mean_band(values, confidence)
+            # Mean and band only where every seed has data (trials end a few hundred steps apart).
+            full = np.isfinite(values).all(axis=0)
+            mean, low, high = (np.where(full, a, np.nan) for a in (mean, low, high))
             color = VARIANT_COLORS[variant]
             for row in values:
                 ax.plot(grid, row, color=color, alpha=0.25, lw=0.8)
@@ -373,14 +383,18 @@ def _plot_search(trials, scenarios, best: dict, out: Path) -> Path:
             std = [t.config["perturbation_std"] for t in search]
             score = [t.final(GREEDY_WIN_RATE_MEAN) for t in search]
             size = [20 + 80 * t.total_env_steps / max(s.total_env_steps for s in search) for t in search]
-            sc = ax.scatter(lam, std, c=score, s=size, cmap="viridis", vmin=0, vmax=1, edgecolors="k", linewidths=0.5)
+            sc = ax.scatter(lam, std, c=score, s=size, cmap="viridis", edgecolors="k", linewidths=0.5)
             fig.colorbar(sc, ax=ax, label="search score: mean greedy win rate")
         if scenario in best:
             ax.scatter([best[scenario]["lambda_info"]], [best[scenario]["perturbation_std"]], marker="*", s=250,
                        facecolors="none", edgecolors="red", label="best")
             ax.legend(fontsize=8)
+        from matplotlib.ticker import NullFormatter
+
         ax.set(xscale="log", yscale="log", xlabel="lambda_info", ylabel="perturbation_std",
                title=f"{scenario}: search trials (size = env steps run; ASHA stops small ones)")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     path = out / "search.png"
     fig.savefig(path, dpi=110)
