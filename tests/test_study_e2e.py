@@ -108,6 +108,7 @@ def test_main_job_picks_smoke_and_writes_a_complete_report(smoke_run):
                    "wall_time_s", "lambda_info", "perturbation_std", "seed", "scenario", "algorithm"):
         assert column in table.columns
     assert table["final_greedy_win_rate"].between(0, 1).all()
+    assert len(pd.read_csv(root / "report" / "curves.csv")) == sum(table["iterations"])
     for png in ("win_rate.png", "amal_internals.png", "search.png"):
         assert (root / "report" / png).stat().st_size > 10_000
     md = summary.read_text()

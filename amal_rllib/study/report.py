@@ -287,6 +287,32 @@ def trial_table(trials: list[TrialRecord]):
     return pd.DataFrame(rows)
 
 
+#: Per-iteration columns of ``curves.csv`` (result key -> column).
+CURVE_COLUMNS = {
+    "training_iteration": "iteration",
+    ENV_STEPS_TOTAL_LIFETIME: "env_steps_total",
+    GREEDY_WIN_RATE: "greedy_win_rate",
+    "env_runners/battle_won": "train_win_rate",
+    f"learners/shared_policy/{MI_ESTIMATE_MEAN}": "mi_estimate_mean",
+    f"learners/shared_policy/{MI_BONUS_STD}": "mi_bonus_std",
+    CEM_BEST_FITNESS: "cem_best_fitness",
+    CEM_MEAN_FITNESS: "cem_mean_fitness",
+    "time_total_s": "time_total_s",
+}
+
+
+def curve_table(trials: list[TrialRecord]):
+    """One row per trial iteration (long format): the learning curves behind the plots."""
+    import pandas as pd
+
+    rows = [
+        {"phase": t.kind, "variant": t.variant, "scenario": t.scenario, "seed": t.seed, "trial_id": t.trial_id,
+         **{col: _get(r, key) for key, col in CURVE_COLUMNS.items()}}
+        for t in trials for r in t.rows
+    ]
+    return pd.DataFrame(rows)
+
+
 def confirm_arrays(trials: list[TrialRecord], scenario: str, variant: str, grid: np.ndarray) -> np.ndarray:
     picked = sorted((t for t in trials if t.kind == "confirm" and t.scenario == scenario and t.variant == variant),
                     key=lambda t: t.seed)
@@ -434,6 +460,8 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
     table.to_parquet(out / "trials.parquet", index=False)
     table.to_csv(out / "trials.csv", index=False)
 
+    curve_table(trials).to_csv(out / "curves.csv", index=False)
+
     scenarios = list(study.scenarios)
     claims: dict[str, Claim] = {}
     for scenario in scenarios:
@@ -499,7 +527,8 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
         "",
         *(f"![{p.stem}]({p.name})" for p in plots),
         "",
-        "Files: `trials.parquet` / `trials.csv` (one row per trial), `claims.csv`; Tune's own `result.json`, "
+        "Files: `trials.parquet` / `trials.csv` (one row per trial), `curves.csv` (one row per trial iteration), "
+        "`claims.csv`; Tune's own `result.json`, "
         "`progress.csv` and TensorBoard files are in each trial folder (`tensorboard --logdir "
         f"{Path(exp_root)}`).",
     ]
