@@ -250,7 +250,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
     gpus = learner_gpus(study, session.gpus)
     print(f"[study] experiment: {exp_root} (learners on {'GPU' if gpus else 'CPU'})", flush=True)
-    manifest = run_study(study, exp_root, gpus=gpus, manifest=manifest, resume=args.resume is not None)
+    manifest = run_study(study, exp_root, gpus=gpus, manifest=manifest)
     manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     write_manifest(exp_root, manifest)
     summary = write_report(exp_root, manifest)

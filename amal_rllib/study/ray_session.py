@@ -58,14 +58,6 @@ def token_path() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".ray" / "auth_token"
 
 
-def read_token() -> str | None:
-    """The token this process authenticates with (``RAY_AUTH_TOKEN`` or the token file), if any."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = token_path()
-    return path.read_text().strip() if path.is_file() else None
-
-
 def ensure_token() -> Path | None:
     """Make the token file (``ray get-auth-token --generate``'s) when neither it nor ``RAY_AUTH_TOKEN`` exists.
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from ..amal.config import AMALConfig
 from ..metrics import ENV_STEPS_TOTAL_LIFETIME, GREEDY_WIN_RATE_MEAN
 from .config import SEARCHED_KNOBS, StudyConfig, from_mapping
 from .trainables import TRAINABLES, trial_seed
@@ -228,12 +227,7 @@ def study_from_manifest(manifest: dict) -> StudyConfig:
     return from_mapping(manifest["study"], source=MANIFEST)
 
 
-def default_amal_knobs() -> dict[str, float]:
-    defaults = AMALConfig()
-    return {k: float(getattr(defaults, k)) for k in SEARCHED_KNOBS}
-
-
-def run_study(study: StudyConfig, exp_root: Path, *, gpus: float, manifest: dict, resume: bool) -> dict:
+def run_study(study: StudyConfig, exp_root: Path, *, gpus: float, manifest: dict) -> dict:
     """Run (or resume) every phase in order; returns the updated manifest."""
     from ray import tune
 
