@@ -2,9 +2,9 @@
 
 Ray's ``local`` provider on 127.0.0.1, over a real sshd (Debian's openssh-server) and rsync. The
 sshd runs in its own PID and mount namespaces with its own /root (the cluster's home: ~/.bashrc
-puts this venv on PATH and sets RAY_AUTH_MODE=token; ~/.ray/auth_token) and its own /tmp, so
-the cluster's ``ray stop`` cannot see, let alone kill, any other Ray on the machine; the head uses
-ports of its own. A throwaway key pair is made for the test. Needs root (namespaces), sshd, rsync, nc.
+puts this venv on PATH and sets RAY_AUTH_MODE=token and a Ray temp dir of its own;
+~/.ray/auth_token), so the cluster's ``ray stop`` cannot see, let alone kill, any other Ray on
+the machine; the head uses ports of its own. A throwaway key pair is made for the test. Needs root (namespaces), sshd, rsync, nc.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,12 +37,10 @@ def cluster(tmp_path_factory):
         pytest.fail(f"the ray-submit e2e needs root and {', '.join(missing) or 'nothing else'}: "
                     "apt-get install openssh-server rsync netcat-openbsd (bash .ci/run does)")
     base = Path(tmp_path_factory.mktemp("raysubmit"))
-    home, private_tmp = base / "home", base / "tmp"
+    home = base / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ray").mkdir()
     (home / "sshd").mkdir()
-    private_tmp.mkdir()
-    private_tmp.chmod(0o1777)
     key = base / "id_e2e"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / "sshd" / "host_key")], check=True)
@@ -52,8 +51,12 @@ def cluster(tmp_path_factory):
 
     (home / ".ray" / "auth_token").write_text(generate_new_authentication_token())
     venv_bin = Path(sys.executable).parent
+    # Its own Ray temp dir (short: Ray's socket paths have a length limit), so the head it records
+    # (ray_current_cluster) is not one that other tests' `ray.init()` would join.
+    ray_tmp = tempfile.mkdtemp(prefix="rte2e", dir="/tmp")
     (home / ".bashrc").write_text(
-        f"export PATH={venv_bin}:$PATH\nexport RAY_AUTH_MODE=token\nexport PYTHONUNBUFFERED=1\n"
+        f"export PATH={venv_bin}:$PATH\nexport RAY_AUTH_MODE=token\nexport RAY_TMPDIR={ray_tmp}\n"
+        "export PYTHONUNBUFFERED=1\n"
     )
     ssh_port = free_port()
     # Paths as sshd sees them, inside the namespace where `home` is /root.
@@ -70,14 +73,14 @@ def cluster(tmp_path_factory):
     config_path = base / "local_cluster.yaml"
     config_path.write_text(config)
     Path("/run/sshd").mkdir(exist_ok=True)
-    # The venv's interpreter may live under the real /root (pyenv): keep it visible in the private home.
+    # The private home hides the real /root: keep what the cluster runs visible in it (the repository,
+    # the venv and its base interpreter, e.g. pyenv's, may live under /root).
     keep = ""
-    base_python = Path(sys.base_prefix).resolve()
-    if base_python.is_relative_to("/root"):
-        (home / base_python.relative_to("/root")).mkdir(parents=True)
-        keep = f"mount --bind {base_python} {home / base_python.relative_to('/root')} && "
-    inner = (f"{keep}mount --rbind {home} /root && mount --bind {private_tmp} /tmp && "
-             "exec /usr/sbin/sshd -D -e -f /root/sshd/sshd_config")
+    for path in sorted({REPO, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}):
+        if path.is_relative_to("/root") and not any(path.is_relative_to(p) for p in kept(keep)):
+            (home / path.relative_to("/root")).mkdir(parents=True, exist_ok=True)
+            keep += f"mount --bind {path} {home / path.relative_to('/root')} && "
+    inner = f"{keep}mount --rbind {home} /root && exec /usr/sbin/sshd -D -e -f /root/sshd/sshd_config"
     sshd_log = open(base / "sshd.log", "w")
     sshd = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private",
                              "sh", "-c", inner], stdout=sshd_log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -88,6 +91,10 @@ def cluster(tmp_path_factory):
             os.killpg(sshd.pid, 9)  # the namespace's init: everything started in it ends with it
             sshd.wait(timeout=30)
         sshd_log.close()
+
+
+def kept(keep: str) -> list[Path]:
+    return [Path(part.split()[2]) for part in keep.split("&&") if part.strip()]
 
 
 def _serve(sshd, sshd_log, base, key, ssh_port, home, config_path, ports):
