@@ -63,8 +63,6 @@ from ..metrics import (
     CEM_SIGMA_NORM,
     ENV_STEPS_AUX,
     ENV_STEPS_AUX_LIFETIME,
-    ENV_STEPS_PRIMARY_LIFETIME,
-    ENV_STEPS_TOTAL_LIFETIME,
     LEARNER_DEVICE,
 )
 from .config import AMALConfig
@@ -389,14 +387,9 @@ class AMAL(MAPPO):
 
     def _log_env_steps(self, aux_steps: int) -> None:
         self._aux_env_steps_lifetime += aux_steps
-        primary = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
-        for name, value in (
-            (ENV_STEPS_AUX, aux_steps),
-            (ENV_STEPS_AUX_LIFETIME, self._aux_env_steps_lifetime),
-            (ENV_STEPS_PRIMARY_LIFETIME, primary),
-            (ENV_STEPS_TOTAL_LIFETIME, primary + self._aux_env_steps_lifetime),
-        ):
-            self.metrics.log_value(name, float(value), window=1)
+        self.metrics.log_value(ENV_STEPS_AUX, float(aux_steps), window=1)
+        self.metrics.log_value(ENV_STEPS_AUX_LIFETIME, float(self._aux_env_steps_lifetime), window=1)
+        self._log_env_step_totals(self._aux_env_steps_lifetime)
         won = self.metrics.peek((AUX_ENV_RUNNER_RESULTS, BATTLE_WON), default=math.nan)  # nan: nothing collected yet
         if not math.isnan(won):
             self.metrics.log_value(AUX_WIN_RATE, float(won), window=1)

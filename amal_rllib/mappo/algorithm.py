@@ -40,10 +40,14 @@ class MAPPO(PPO):
 
     def training_step(self) -> None:
         super().training_step()
-        # MAPPO has only primary steps; AMAL logs primary + auxiliary under the same names.
+        self._log_env_step_totals()
+
+    def _log_env_step_totals(self, aux_steps_lifetime: float = 0.0) -> None:
+        """Primary and total env steps (total = primary + ``aux_steps_lifetime``; MAPPO has none):
+        one stop key that means the same budget for MAPPO and AMAL."""
         primary = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
         self.metrics.log_value(ENV_STEPS_PRIMARY_LIFETIME, float(primary), window=1)
-        self.metrics.log_value(ENV_STEPS_TOTAL_LIFETIME, float(primary), window=1)
+        self.metrics.log_value(ENV_STEPS_TOTAL_LIFETIME, float(primary + aux_steps_lifetime), window=1)
 
     def evaluate(self, *args, **kwargs):
         self._evaluated_this_step = True

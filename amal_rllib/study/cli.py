@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import PRESETS, StudyConfig, StudyConfigError, from_mapping, load_preset, load_yaml
+from .config import PRESETS, StudyConfig, StudyConfigError, from_mapping, load_preset, load_yaml, parse_count
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +48,10 @@ class UsageError(Exception):
 
 def _count(text: str) -> int:
     """An env-step count or a number of seeds: ``2000000``, ``2e6`` or ``2_000_000``."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
-    if not value.is_integer():
+    value = parse_count(text)
+    if not isinstance(value, int):
         raise argparse.ArgumentTypeError(f"{text!r} must be a whole number")
-    return int(value)
+    return value
 
 
 def _gpus(text: str) -> float | str:

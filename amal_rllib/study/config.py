@@ -193,13 +193,13 @@ def from_mapping(data: dict[str, Any], *, base: StudyConfig | None = None, sourc
             raise StudyConfigError(f"{source}: search_bounds must map knob -> [low, high]")
         values["search_bounds"] = {k: tuple(v) for k, v in bounds.items()}
     for name in ("env_steps", "search_env_steps", "asha_grace_env_steps"):
-        values[name] = _count(values[name]) if name in values else None
+        values[name] = parse_count(values[name]) if name in values else None
         if values[name] is None:
             del values[name]
     return (base or StudyConfig()).replace(**values)
 
 
-def _count(value: Any) -> Any:
+def parse_count(value: Any) -> Any:
     """``2e6`` (PyYAML reads it as a string), ``2.0e6`` or ``2_000_000`` as an int; anything else unchanged
     (``validate()`` then names it)."""
     if isinstance(value, str):

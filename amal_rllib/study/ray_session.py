@@ -122,14 +122,12 @@ def connect(num_cpus: int | None = None, dashboard_port: int = DEFAULT_DASHBOARD
         joined = False
     context = ray.get_runtime_context()
     resources = ray.cluster_resources()
-    dashboard = getattr(ray.worker.global_worker.node, "address_info", {}).get("webui_url") if not joined else None
-    if dashboard is None:
-        try:
-            from ray._private.worker import get_dashboard_url
+    try:
+        from ray._private.worker import get_dashboard_url
 
-            dashboard = get_dashboard_url() or None
-        except Exception:
-            dashboard = None
+        dashboard = get_dashboard_url() or None
+    except Exception:  # only a display hint
+        dashboard = None
     if dashboard and not dashboard.startswith("http"):
         dashboard = "http://" + dashboard
     return RaySession(

@@ -28,7 +28,6 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -41,6 +40,7 @@ from ..metrics import (
     MI_BONUS_STD,
     MI_ESTIMATE_MEAN,
 )
+from ..metrics import _get as nested_get
 from .config import REPORT_TARGETS, SEARCHED_KNOBS
 from .trainables import trial_seed
 
@@ -89,12 +89,9 @@ class TrialRecord:
         return x, y
 
 
-def _get(row: dict, key: str) -> Any:
-    node: Any = row
-    for part in key.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
+def _get(row: dict, key: str) -> float | None:
+    """A numeric result value by Tune's flattened ``a/b/c`` name (None when absent or not a number)."""
+    node = nested_get(row, *key.split("/"), default=None)
     return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 
