@@ -120,13 +120,14 @@ def test_crash_before_rename_leaves_old_shard_readable_and_unchanged(tmp_path, m
         raise OSError("simulated crash before rename")
 
     monkeypatch.setattr(store_module.os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(MarketDataError, match="simulated crash.*unchanged"):
         store.write_shard(KEY, make_candles(periods=200, seed=3), "ccxt", mode="overwrite")
     monkeypatch.undo()
     assert store.shard_path(KEY).read_bytes() == before
     pd.testing.assert_frame_equal(store.read_shard(KEY), old)
     # No temp file is left behind to be mistaken for data.
-    assert os.listdir(store.shard_path(KEY).parent) == ["candles.parquet"]
+    # (the lock file beside it holds no data)
+    assert sorted(os.listdir(store.shard_path(KEY).parent)) == [".candles.parquet.lock", "candles.parquet"]
 
 
 def test_corrupt_file_gives_clear_error(tmp_path):

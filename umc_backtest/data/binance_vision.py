@@ -503,10 +503,7 @@ def import_klines(
         coverage = merge_intervals(
             [(max(a, lo), min(b, hi)) for a, b in (f.coverage for f in read) if a < hi and b > lo]
         )
-        file_names = sorted({f.path.name for f in in_year})
-        if mode == "merge" and store.exists(key):
-            previous = store.read_metadata(key).get("extra", {}).get("binance_vision_files", [])
-            file_names = sorted(set(previous) | set(file_names))
+        file_names = sorted({f.path.name for f in in_year})  # a merge unions them with the stored list
         info = store.write_shard(
             key,
             candles.loc[mask].reset_index(drop=True),

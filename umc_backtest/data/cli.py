@@ -115,7 +115,10 @@ def _format_gaps(gaps: dict) -> str:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .ccxt_download import download_ohlcv
+    from .ccxt_download import download_ohlcv, to_utc_ms
+
+    if to_utc_ms(args.end) <= to_utc_ms(args.start):
+        raise ValueError(f"--end {args.end} is not after --start {args.start}: nothing to download; give --end > --start")
 
     summary = download_ohlcv(
         CandleStore(args.root), args.symbol, args.timeframe, args.start, args.end, exchange=args.exchange,
@@ -221,6 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     except (MarketDataError, ValueError) as exc:
         print(f"umc-data {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"umc-data {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the path and the reason, e.g. ``/x/y: Read-only file system``."""
+    if exc.filename is None:
+        return str(exc)
+    extra = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{extra}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

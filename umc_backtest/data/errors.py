@@ -52,3 +52,7 @@ class ShardNotFoundError(MarketDataError):
 
 class DownloadError(MarketDataError):
     """A download failed for good (after its retries)."""
+
+
+class CoverageError(MarketDataError):
+    """The store never fetched part of the asked range: a backtest over it would silently run on less data."""
