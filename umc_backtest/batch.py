@@ -33,7 +33,8 @@ from .runner import RunSpec, run_one
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ("name", "data", "strategy", "params", "status", "error", "coverage", "wall_s", "out_dir")
+SUMMARY_COLUMNS = ("name", "data", "strategy", "params", "status", "error", "coverage", "wall_s", "out_dir",
+                   "task_name")
 #: Metrics shown in the report's table (all of METRIC_NAMES go into the Parquet/CSV).
 REPORT_METRICS = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "num_trades", "win_rate",
                   "profit_factor", "fees_paid", "exposure_time")
@@ -69,7 +70,11 @@ class BatchOutcome:
 
 
 def _task_body(spec: RunSpec, overwrite: bool, plot: bool) -> dict[str, Any]:
-    return run_one(spec, overwrite=overwrite, plot=plot)
+    import ray
+
+    out = run_one(spec, overwrite=overwrite, plot=plot)
+    out["task_name"] = ray.get_runtime_context().get_task_name()  # what the dashboard lists
+    return out
 
 
 def _error_reason(exc: BaseException) -> str:
@@ -145,6 +150,7 @@ def _row(spec: RunSpec, status: str, out: dict | None, error: str | None) -> dic
         "coverage": out.get("coverage") if out else math.nan,
         "wall_s": out.get("wall_s") if out else math.nan,
         "out_dir": str(spec.out_dir),
+        "task_name": (out or {}).get("task_name", ""),
     }
     metrics = (out or {}).get("metrics") or {}
     for m in METRIC_NAMES:

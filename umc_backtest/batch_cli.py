@@ -60,6 +60,9 @@ class BatchConfig:
 
 def parse_dataset(text: str, symbol: str, timeframe: str, allow_partial: bool) -> DataRange:
     parts = text.split(":")
+    usage = f"--dataset {text!r}: expected EXCHANGE:YEAR or EXCHANGE:START:END (e.g. binance:2024)"
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(usage)
     try:
         if len(parts) == 2:
             return DataRange(parts[0], symbol, timeframe, year=int(parts[1]), allow_partial=allow_partial)
@@ -67,7 +70,7 @@ def parse_dataset(text: str, symbol: str, timeframe: str, allow_partial: bool) -
             return DataRange(parts[0], symbol, timeframe, start=parts[1], end=parts[2], allow_partial=allow_partial)
     except ValueError as exc:
         raise ValueError(f"--dataset {text!r}: {exc}") from exc
-    raise ValueError(f"--dataset {text!r}: expected EXCHANGE:YEAR or EXCHANGE:START:END (e.g. binance:2024)")
+    raise ValueError(usage)
 
 
 def parse_strategy(text: str) -> tuple[str, dict[str, Any]]:
