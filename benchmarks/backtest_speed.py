@@ -117,7 +117,7 @@ def main() -> None:
         def run_vbt():
             fast_ma = close_s.rolling(fast_w).mean()
             slow_ma = close_s.rolling(slow_w).mean()
-            long = (fast_ma > slow_ma).to_numpy()
+            long = (fast_ma > slow_ma).to_numpy().copy()
             long[:WARMUP_BARS] = False
             prev = np.r_[False, long[:-1]]
             entries = pd.Series(np.r_[False, (long & ~prev)[:-1]], index=ts)  # decided at t, filled at t+1's open
@@ -136,7 +136,7 @@ def main() -> None:
                      "same trades" if same_vbt else "TRADES DIFFER"))
 
     print()
-    print(f"| engine | time for the year | ours faster by | closed trades | final equity | trades vs ours |")
+    print("| engine | time for the year | ours faster by | closed trades | final equity | trades vs ours |")
     print("|---|---|---|---|---|---|")
     for name, t, k, eq, same in rows:
         print(f"| {name} | {1000 * t:,.1f} ms | {t / t_ours:,.1f}x | {k:,} | {eq:,.2f} | {same} |")

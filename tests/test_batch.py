@@ -2,7 +2,6 @@
 worker is retried and counted once, reruns reuse stored results; the CLIs' bad-input errors."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

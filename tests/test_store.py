@@ -120,7 +120,7 @@ def test_crash_before_rename_leaves_old_shard_readable_and_unchanged(tmp_path, m
         raise OSError("simulated crash before rename")
 
     monkeypatch.setattr(store_module.os, "replace", crash)
-    with pytest.raises(MarketDataError, match="simulated crash.*unchanged"):
+    with pytest.raises(MarketDataError, match=r"simulated crash.*unchanged"):
         store.write_shard(KEY, make_candles(periods=200, seed=3), "ccxt", mode="overwrite")
     monkeypatch.undo()
     assert store.shard_path(KEY).read_bytes() == before

@@ -10,7 +10,6 @@ Plus the file-system errors of ``umc-data``: one line naming the path, never a t
 """
 
 import multiprocessing
-import shutil
 import subprocess
 import sys
 import time
@@ -167,7 +166,7 @@ def test_load_of_a_range_never_fetched_is_an_error(tmp_path):
     with pytest.raises(CoverageError) as info:
         store.load("binance", "BTC/USDT", "1m", "2024-03-01", "2024-03-02")
     assert "2024-03-01" in str(info.value) and "--allow-partial" in str(info.value)
-    with pytest.raises(CoverageError, match="50.0% of the range"):
+    with pytest.raises(CoverageError, match=r"50\.0% of the range"):
         store.load("binance", "BTC/USDT", "1m", "2024-01-01 12:00", "2024-01-02 12:00")
 
 
@@ -184,7 +183,7 @@ def test_load_allow_partial_returns_the_covered_part_and_says_how_much(tmp_path)
 def test_load_with_start_after_end_is_a_clear_error(tmp_path):
     store = CandleStore(tmp_path)
     store.write_shard(KEY, make_candles(periods=100), "ccxt")
-    with pytest.raises(ValueError, match="start .* is after end"):
+    with pytest.raises(ValueError, match=r"start .* is after end"):
         store.load("binance", "BTC/USDT", "1m", "2024-01-02", "2024-01-01")
 
 

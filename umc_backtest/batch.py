@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from .engine.metrics import METRIC_NAMES
 from .engine.strategies import StrategyError, make_strategy
@@ -63,6 +64,8 @@ def expand_grid(strategy: str, grid: dict[str, Sequence[Any]]) -> tuple[list[tup
 class BatchOutcome:
     rows: list[dict[str, Any]]
     summary_dir: Path
+    tasks_s: float = math.nan  # first submission to last result
+    summary_s: float = math.nan  # the summary table, plot and report on the driver
 
     @property
     def failures(self) -> list[dict[str, Any]]:
@@ -70,8 +73,13 @@ class BatchOutcome:
 
 
 def _task_body(spec: RunSpec, overwrite: bool, plot: bool) -> dict[str, Any]:
+    import pyarrow as pa
     import ray
 
+    # Use the CPUs Ray reserved for this task, not the machine's (Ray sets OMP_NUM_THREADS the same way);
+    # otherwise Arrow's thread pool makes one task use every core and tasks compete.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    pa.set_cpu_count(max(1, int(cpus)))
     out = run_one(spec, overwrite=overwrite, plot=plot)
     out["task_name"] = ray.get_runtime_context().get_task_name()  # what the dashboard lists
     return out
@@ -130,8 +138,9 @@ def run_batch(
         bar.close()
     ordered = [rows[s.name] for s in specs]
     summary_dir = Path(summary_dir)
-    write_summary(ordered, summary_dir, wall_s=time.perf_counter() - t0)
-    return BatchOutcome(ordered, summary_dir)
+    t1 = time.perf_counter()
+    write_summary(ordered, summary_dir, wall_s=t1 - t0)
+    return BatchOutcome(ordered, summary_dir, tasks_s=t1 - t0, summary_s=time.perf_counter() - t1)
 
 
 def run_serial(specs: Iterable[RunSpec], overwrite: bool = False, plot: bool = True) -> list[dict[str, Any]]:
@@ -252,9 +261,10 @@ def comparison_plot(table: pd.DataFrame, path: Path) -> None:
                              gridspec_kw={"width_ratios": [2.2, 1]})
     for (data, rows), (ax_eq, ax_bar) in zip(groups, axes, strict=True):
         for _, r in rows.iterrows():
-            eq = pd.read_parquet(Path(r["out_dir"]) / "equity.parquet", columns=["timestamp", "equity"])
-            stride = max(1, len(eq) // 3000)
-            ax_eq.plot(eq["timestamp"].iloc[::stride], eq["equity"].iloc[::stride], lw=0.8, label=r["strategy"])
+            eq = pq.read_table(Path(r["out_dir"]) / "equity.parquet", columns=["timestamp", "equity"])
+            stride = max(1, eq.num_rows // 3000)
+            ts = eq.column("timestamp").to_numpy()[::stride]
+            ax_eq.plot(ts, eq.column("equity").to_numpy()[::stride], lw=0.8, label=r["strategy"])
         ax_eq.set_title(data)
         ax_eq.set_ylabel("equity (USDT)")
         ax_eq.legend(fontsize=7, loc="upper left")
@@ -265,6 +275,6 @@ def comparison_plot(table: pd.DataFrame, path: Path) -> None:
         ax_bar.set_xlabel("total return %")
         for yi, s in zip(y, rows["sharpe"].to_numpy(), strict=True):
             ax_bar.annotate(f"Sharpe {s:.2f}", (0, yi), fontsize=6, va="center")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.95, bottom=0.08, hspace=0.45, wspace=0.35)
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .config import EngineConfig, bars_per_day, periods_per_year
-from .features import FEATURE_NAMES, WARMUP_BARS, compute_features
+from .features import WARMUP_BARS
 from .kernel import Simulation, Trades, risk_caps, round_trips, simulate
 from .metrics import compute_metrics
 from .strategies import AgentContext, AgentStrategy, MarketData, SignalStrategy, Strategy, describe
@@ -42,10 +42,8 @@ def prepare_market_data(candles: pd.DataFrame, timeframe: str, label: str = "", 
     cols = {c: candles[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")}
     return MarketData(
         timestamps=np.asarray(stamps, dtype=np.int64),
-        features=compute_features(cols["close"], cols["volume"]),
         start=warmup,
         timeframe=timeframe,
-        feature_names=FEATURE_NAMES,
         label=label,
         **cols,
     )
@@ -86,8 +84,7 @@ def strategy_targets(strategy: Strategy, data: MarketData, config: EngineConfig)
 
 def _step_agent(agent: AgentStrategy, data: MarketData, config: EngineConfig) -> tuple[np.ndarray, dict]:
     """Feed the agent one bar at a time; it only ever holds read-only views of bars it has been shown."""
-    features = data.features.copy()
-    features.setflags(write=False)
+    features = data.features  # read-only
     s = data.start
     agent.begin(
         AgentContext(

@@ -41,11 +41,11 @@ def drawdown(equity: np.ndarray) -> np.ndarray:
     return 1.0 - equity / peak
 
 
-def max_drawdown_duration(equity: np.ndarray) -> int:
+def max_drawdown_duration(equity: np.ndarray, peak: np.ndarray | None = None) -> int:
     """Longest number of bars from a peak until equity first regains it (or the end)."""
     if equity.size == 0:
         return 0
-    peak = np.maximum.accumulate(equity)
+    peak = np.maximum.accumulate(equity) if peak is None else peak
     at_peak = np.flatnonzero(equity >= peak)  # bars that set or equal a running high
     ends = np.append(at_peak[1:], equity.size)
     # a drawdown starts after each high and lasts until the next high
@@ -89,10 +89,12 @@ def compute_metrics(
     sd = float(np.std(r, ddof=1)) if n > 1 else math.nan
     mean = float(np.mean(r))
     ann = math.sqrt(periods_per_year)
-    downside = float(np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)))
-    dd = drawdown(np.concatenate(([e0], equity)))
-    mdd = float(dd.max())
-    dd_bars = max_drawdown_duration(np.concatenate(([e0], equity)))
+    neg = np.minimum(r, 0.0)
+    downside = float(np.sqrt(np.dot(neg, neg) / n))
+    with_start = np.concatenate(([e0], equity))
+    peak = np.maximum.accumulate(with_start)
+    mdd = float((1.0 - with_start / peak).max())
+    dd_bars = max_drawdown_duration(with_start, peak)
     trade_pnl = np.asarray(trade_pnl, dtype=np.float64)
     wins = trade_pnl[trade_pnl > 0].sum()
     losses = -trade_pnl[trade_pnl < 0].sum()
@@ -113,7 +115,7 @@ def compute_metrics(
         "profit_factor": float(wins / losses) if losses > 0 else (math.inf if wins > 0 else math.nan),
         "turnover": float(traded_notional / np.mean(equity)),
         "fees_paid": float(fees_paid),
-        "exposure_time": float(np.mean(np.abs(exposure) > 1e-12)),
+        "exposure_time": float(np.count_nonzero(np.abs(exposure) > 1e-12) / n),
         "mean_exposure": float(np.mean(exposure)),
         "final_equity": float(equity[-1]),
         "bars": float(n),

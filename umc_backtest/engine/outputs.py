@@ -119,6 +119,7 @@ def plot_result(result: BacktestResult, path: Path, title: str) -> None:
     ts = pd.to_datetime(result.timestamps[::stride], unit="ms", utc=True)
     eq = result.sim.equity
     fig, axes = plt.subplots(4, 1, figsize=(11, 10), gridspec_kw={"height_ratios": [3, 1.2, 1.2, 1.6]})
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.96, bottom=0.06, hspace=0.32)  # tight_layout costs ~0.4 s
     axes[0].plot(ts, eq[::stride], lw=0.9, label="equity")
     axes[0].plot(ts, result.config.initial_cash * result.close[::stride] / result.close[0], lw=0.7, alpha=0.6,
                  label="asset (buy & hold, no costs)")
@@ -139,7 +140,6 @@ def plot_result(result: BacktestResult, path: Path, title: str) -> None:
     axes[3].hist(r * 100, bins=100, color="tab:blue", alpha=0.8)
     axes[3].set_yscale("log")
     axes[3].set_xlabel("bar return of equity % (bars with a position)")
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -21,6 +21,7 @@ researcher's own strategy on any worker that sees the file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import inspect
 from abc import ABC, abstractmethod
@@ -31,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .config import EngineConfig
-from .features import FEATURE_NAMES
+from .features import FEATURE_NAMES, compute_features
 
 
 class StrategyError(ValueError):
@@ -43,7 +44,8 @@ class MarketData:
     """One series as the engine sees it: candles and causal features, and the evaluated window.
 
     Arrays are (N,) over the whole loaded series (warm-up included); ``features`` is (N, F) with
-    columns ``feature_names``. The backtest evaluates bars ``start .. N-1``.
+    columns ``feature_names``, computed once, on first use (signal strategies that only need
+    prices never pay for it). The backtest evaluates bars ``start .. N-1``.
     """
 
     timestamps: np.ndarray  # int64 epoch ms, candle open times
@@ -52,28 +54,31 @@ class MarketData:
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
-    features: np.ndarray
     start: int
     timeframe: str
-    feature_names: tuple[str, ...] = FEATURE_NAMES
     label: str = ""
+    feature_names: tuple[str, ...] = FEATURE_NAMES
 
     def __post_init__(self) -> None:
         n = self.close.size
         for name in ("timestamps", "open", "high", "low", "volume"):
             if getattr(self, name).size != n:
                 raise ValueError(f"MarketData.{name} has {getattr(self, name).size} values, close has {n}")
-        if self.features.shape != (n, len(self.feature_names)):
-            raise ValueError(f"MarketData.features has shape {self.features.shape}, expected {(n, len(self.feature_names))}")
         if not 0 <= self.start < n:
             raise ValueError(f"window start {self.start} outside the {n} loaded bars")
+
+    @functools.cached_property
+    def features(self) -> np.ndarray:
+        out = compute_features(self.close, self.volume)
+        out.setflags(write=False)
+        return out
 
     @property
     def bars(self) -> int:
         return self.close.size - self.start
 
 
-class Strategy(ABC):
+class Strategy(ABC):  # noqa: B024 - the abstract methods are on its two kinds
     """Common part: a registry name, typed parameters, and whether it posts passively (maker)."""
 
     name: ClassVar[str] = ""
@@ -112,7 +117,7 @@ class AgentContext:
 class AgentStrategy(Strategy):
     kind: ClassVar[str] = "agent"
 
-    def begin(self, context: AgentContext) -> None:  # noqa: B027 - optional hook
+    def begin(self, context: AgentContext) -> None:
         """Called once before the first bar."""
 
     @abstractmethod
