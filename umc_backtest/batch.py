@@ -270,11 +270,10 @@ def comparison_plot(table: pd.DataFrame, path: Path) -> None:
         ax_eq.legend(fontsize=7, loc="upper left")
         y = np.arange(len(rows))
         ax_bar.barh(y, 100 * rows["total_return"].to_numpy(), color="tab:blue", alpha=0.7, label="total return %")
-        ax_bar.set_yticks(y, rows["strategy"].tolist(), fontsize=7)
+        labels = [f"{n} (Sharpe {s:.2f})" for n, s in zip(rows["strategy"], rows["sharpe"], strict=True)]
+        ax_bar.set_yticks(y, labels, fontsize=7)
         ax_bar.axvline(0, color="k", lw=0.5)
         ax_bar.set_xlabel("total return %")
-        for yi, s in zip(y, rows["sharpe"].to_numpy(), strict=True):
-            ax_bar.annotate(f"Sharpe {s:.2f}", (0, yi), fontsize=6, va="center")
     fig.subplots_adjust(left=0.06, right=0.98, top=0.95, bottom=0.08, hspace=0.45, wspace=0.35)
     fig.savefig(path, dpi=90)
     plt.close(fig)
