@@ -22,22 +22,13 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from data_io import timed  # benchmarks/ is on sys.path when run as a script
 
 from umc_backtest.data.synthetic import generate_candles
 from umc_backtest.engine.backtest import prepare_market_data, run_backtest
 from umc_backtest.engine.config import EngineConfig, RiskLimits
 from umc_backtest.engine.features import WARMUP_BARS
 from umc_backtest.engine.strategies import SMACrossover
-
-
-def timed(fn, repeat: int):
-    result = fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .cli import add_engine_flags, engine_from_args, run_cli
+from .cli import add_engine_flags, engine_from_args, parse_value, run_cli
 from .data.cli import DEFAULT_ROOT
 from .data.schema import ShardKey
 from .data.store import CandleStore
@@ -80,7 +80,7 @@ def parse_strategy(text: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--strategy {text!r}: expected NAME:key=value;key=value")
-        params[key.strip()] = _cast(value.strip())
+        params[key.strip()] = parse_value(value.strip())
     return name, params
 
 
@@ -91,19 +91,10 @@ def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:
         key, sep, values = item.partition("=")
         if not sep or not values:
             raise ValueError(f"--grid {text!r}: expected NAME:key=v1,v2;key2=w1,w2")
-        grid[key.strip()] = [_cast(v.strip()) for v in values.split(",")]
+        grid[key.strip()] = [parse_value(v.strip()) for v in values.split(",")]
     if not grid:
         raise ValueError(f"--grid {text!r}: no parameters; expected NAME:key=v1,v2;key2=w1,w2")
     return name, grid
-
-
-def _cast(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def build_specs(cfg: BatchConfig, engine, out_root: Path) -> tuple[list[RunSpec], list[str]]:

@@ -26,7 +26,8 @@ from .engine.strategies import StrategyError
 logger = logging.getLogger(__name__)
 
 
-def _value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A flag's text as int, float or bool when it reads as one, else the text."""
     for cast in (int, float):
         try:
             return cast(text)
@@ -41,7 +42,7 @@ def parse_params(items: list[str], flag: str = "--param") -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = _value(value.strip())
+        out[key.strip()] = parse_value(value.strip())
     return out
 
 
