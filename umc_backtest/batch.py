@@ -39,6 +39,12 @@ SUMMARY_COLUMNS = ("name", "data", "strategy", "params", "status", "error", "cov
 #: Metrics shown in the report's table (all of METRIC_NAMES go into the Parquet/CSV).
 REPORT_METRICS = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "num_trades", "win_rate",
                   "profit_factor", "fees_paid", "exposure_time")
+#: The UMC agent's own metrics (``umc_`` + the agent's metric name); empty for other strategies.
+UMC_COLUMNS = tuple(f"umc_{m}" for m in ("lambda_mean", "lambda_min", "lambda_max", "info_gain_mean",
+                                         "coherence_mean", "leakage", "empowerment_mean", "free_energy_first",
+                                         "free_energy_last", "contraction_share", "regimes_seen", "updates"))
+UMC_REPORT = ("umc_lambda_mean", "umc_info_gain_mean", "umc_coherence_mean", "umc_leakage", "umc_empowerment_mean",
+              "umc_regimes_seen", "umc_free_energy_first", "umc_free_energy_last")
 
 
 def expand_grid(strategy: str, grid: dict[str, Sequence[Any]]) -> tuple[list[tuple[tuple[str, Any], ...]], list[str]]:
@@ -162,7 +168,7 @@ def _row(spec: RunSpec, status: str, out: dict | None, error: str | None) -> dic
         "task_name": (out or {}).get("task_name", ""),
     }
     metrics = (out or {}).get("metrics") or {}
-    for m in METRIC_NAMES:
+    for m in (*METRIC_NAMES, *UMC_COLUMNS):
         value = metrics.get(m)
         row[m] = float(value) if isinstance(value, (int, float)) else (math.inf if value == "inf" else math.nan)
     return row
@@ -180,7 +186,7 @@ def write_summary(rows: list[dict[str, Any]], summary_dir: Path, wall_s: float |
     tmp = summary_dir.parent / f".{summary_dir.name}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir()
     try:
-        table = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *METRIC_NAMES])
+        table = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *METRIC_NAMES, *UMC_COLUMNS])
         table.to_parquet(tmp / "summary.parquet", index=False)
         table.to_csv(tmp / "summary.csv", index=False)
         ok = table[table["status"] != "failed"]
@@ -205,6 +211,8 @@ def _fmt(value: Any, metric: str) -> str:
         return ""
     if metric in ("total_return", "cagr", "max_drawdown", "win_rate", "exposure_time", "coverage"):
         return f"{100 * value:.1f}%"
+    if metric.startswith("umc_"):
+        return f"{value:.3g}"
     if metric == "num_trades":
         return f"{int(value):,}"
     if metric == "fees_paid":
@@ -240,6 +248,21 @@ def report_markdown(table: pd.DataFrame, wall_s: float | None) -> str:
     if len(partial):
         parts += ["Runs on part of their range (--allow-partial): "
                   + ", ".join(f"{r['name']} ({100 * r['coverage']:.1f}%)" for _, r in partial.iterrows()), ""]
+    umc = ok[ok["strategy"].str.startswith("umc")]
+    if len(umc):
+        parts += ["## UMC agent", "", "Agent metrics (lambda, info gain in nats, coherence = share of bars inside the "
+                  "model's 90% predictive interval, leakage = KL in nats, empowerment in nats over 5 bars, free energy "
+                  "per sample at the first and last tenth of the updates):", "",
+                  markdown_table(umc, UMC_REPORT), "", "### Theory check (the prototype's predictions, as measured)", ""]
+        from .agent.theory import theory_check
+
+        head = "| data | strategy | " + " | ".join(c[0] for c in _theory_names()) + " |"
+        parts += [head, "|" + "---|" * (2 + len(_theory_names()))]
+        for _, r in umc.iterrows():
+            checks = theory_check(r.to_dict())
+            parts.append(f"| {r['data']} | {r['strategy']} | "
+                         + " | ".join(f"{c['measured']} {c['result']}" for c in checks) + " |")
+        parts.append("")
     if len(failed):
         parts += ["## Failures", ""] + [f"- `{r['name']}`: {r['error']}" for _, r in failed.iterrows()] + [""]
     if len(ok):
@@ -247,6 +270,12 @@ def report_markdown(table: pd.DataFrame, wall_s: float | None) -> str:
     parts += ["Files: `summary.parquet` / `summary.csv` (one row per run, every metric); each run's folder "
               "(`out_dir`) holds `metrics.json`, `equity.parquet`, `orders.parquet`, `trades.parquet`, `plot.png`."]
     return "\n".join(parts) + "\n"
+
+
+def _theory_names():
+    from .agent.theory import CHECKS
+
+    return CHECKS
 
 
 def comparison_plot(table: pd.DataFrame, path: Path) -> None:

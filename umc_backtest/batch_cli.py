@@ -59,6 +59,14 @@ class BatchConfig:
 
 
 def parse_dataset(text: str, symbol: str, timeframe: str, allow_partial: bool) -> DataRange:
+    """``EXCHANGE:YEAR`` or ``EXCHANGE:START:END``, optionally ``@EVAL_START`` (the bars before it are history)."""
+    text, _, eval_start = text.partition("@")
+    if eval_start:
+        base = parse_dataset(text, symbol, timeframe, allow_partial)
+        try:
+            return dataclasses.replace(base, eval_start=eval_start)
+        except ValueError as exc:
+            raise ValueError(f"--dataset {text}@{eval_start}: {exc}") from exc
     parts = text.split(":")
     usage = f"--dataset {text!r}: expected EXCHANGE:YEAR or EXCHANGE:START:END (e.g. binance:2024)"
     if len(parts) == 2 and not parts[1].isdigit():

@@ -22,6 +22,7 @@ from .data.schema import symbol_to_path
 from .data.store import CandleStore, year_bounds_ms
 from .engine.backtest import prepare_market_data, run_backtest
 from .engine.config import EngineConfig
+from .engine.features import WARMUP_BARS
 from .engine.outputs import METRICS_FILE, read_metrics, write_result
 from .engine.strategies import make_strategy
 
@@ -43,6 +44,7 @@ class DataRange:
     start: str | None = None
     end: str | None = None
     allow_partial: bool = False
+    eval_start: str | None = None  # the evaluated window starts here; the bars before are history (warm-up, fits)
 
     def __post_init__(self) -> None:
         symbol_to_path(self.symbol)
@@ -58,6 +60,14 @@ class DataRange:
                 raise ValueError(f"bad date in range {self.start!r} .. {self.end!r}: {exc}; use YYYY-MM-DD") from exc
             if lo >= hi:
                 raise ValueError(f"range start {self.start} is not before end {self.end}")
+        if self.eval_start is not None:
+            lo, hi = (pd.Timestamp(b) for b in self.bounds)
+            try:
+                ev = pd.Timestamp(self.eval_start)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"bad eval start {self.eval_start!r}: {exc}; use YYYY-MM-DD") from exc
+            if not lo < ev < hi:
+                raise ValueError(f"eval start {self.eval_start} must lie inside the range {lo.date()} .. {hi.date()}")
 
     @property
     def bounds(self) -> tuple[str, str]:
@@ -67,9 +77,13 @@ class DataRange:
         return str(self.start), str(self.end)
 
     @property
-    def label(self) -> str:
+    def period(self) -> str:
         period = str(self.year) if self.year is not None else f"{self.bounds[0]}..{self.bounds[1]}"
-        return f"{self.exchange} {symbol_to_path(self.symbol)} {self.timeframe} {period}"
+        return period if self.eval_start is None else f"{period} eval from {self.eval_start}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.exchange} {symbol_to_path(self.symbol)} {self.timeframe} {self.period}"
 
 
 @dataclass(frozen=True)
@@ -92,9 +106,8 @@ class RunSpec:
     def name(self) -> str:
         """What the dashboard and the logs call it, e.g. ``backtest BTC-USDT 2024 sma(20,50)``."""
         d = self.data
-        period = str(d.year) if d.year is not None else f"{d.bounds[0]}..{d.bounds[1]}"
         src = "" if d.exchange == "binance" else f" {d.exchange}"
-        return f"backtest {symbol_to_path(d.symbol)}{src} {period} {self.strategy_label}"
+        return f"backtest {symbol_to_path(d.symbol)}{src} {d.period} {self.strategy_label}"
 
     @property
     def out_dir(self) -> Path:
@@ -102,6 +115,8 @@ class RunSpec:
             return Path(self.out)
         d = self.data
         period = str(d.year) if d.year is not None else f"{d.bounds[0]}_{d.bounds[1]}"
+        if d.eval_start is not None:
+            period += f"_eval_{d.eval_start}"
         slug = re.sub(r"[^A-Za-z0-9_.,=-]+", "_", self.strategy_label).strip("_")
         return Path(self.out_root) / d.exchange / symbol_to_path(d.symbol) / d.timeframe / period / slug
 
@@ -112,7 +127,9 @@ def run_one(spec: RunSpec, overwrite: bool = False, plot: bool = True) -> dict[s
     out = spec.out_dir
     if (out / METRICS_FILE).is_file() and not overwrite:
         doc = read_metrics(out)
-        return {"name": spec.name, "status": "reused", "out_dir": str(out), "metrics": doc["metrics"],
+        extra = (doc.get("extra") or {}).get("metrics", {})
+        metrics = {**doc["metrics"], **{f"umc_{k}": v for k, v in extra.items()}}
+        return {"name": spec.name, "status": "reused", "out_dir": str(out), "metrics": metrics,
                 "coverage": doc["run"].get("coverage"), "wall_s": time.perf_counter() - t0}
     strategy = make_strategy(spec.strategy, dict(spec.params))
     store = CandleStore(spec.root)
@@ -121,7 +138,11 @@ def run_one(spec: RunSpec, overwrite: bool = False, plot: bool = True) -> dict[s
     candles = store.load(d.exchange, d.symbol, d.timeframe, start, end, allow_partial=d.allow_partial)
     coverage = store.coverage(d.exchange, d.symbol, d.timeframe, start, end)
     t1 = time.perf_counter()
-    data = prepare_market_data(candles, d.timeframe, label=d.label)
+    window = WARMUP_BARS
+    if d.eval_start is not None:
+        first = int(candles["timestamp"].searchsorted(pd.Timestamp(d.eval_start, tz="UTC"), side="left"))
+        window = max(WARMUP_BARS, first)
+    data = prepare_market_data(candles, d.timeframe, label=d.label, warmup=window)
     result = run_backtest(data, strategy, spec.engine)
     sources = sorted({s for k in store.list_shards(d.exchange, d.symbol, d.timeframe)
                       for s in store.read_metadata(k)["sources"]})
@@ -139,10 +160,12 @@ def run_one(spec: RunSpec, overwrite: bool = False, plot: bool = True) -> dict[s
         "sources": sources,
         "rows_loaded": len(candles),
         "warmup_bars": data.start,
+        "eval_start": d.eval_start,
     }
     result.timings["load_s"] = t1 - t0
     write_result(result, out, run, overwrite=True, plot=plot)
     if coverage.fraction < 1.0:
         logger.warning("%s ran on %.1f%% of its range (--allow-partial)", spec.name, 100 * coverage.fraction)
-    return {"name": spec.name, "status": "ok", "out_dir": str(out), "metrics": result.metrics,
+    metrics = {**result.metrics, **{f"umc_{k}": v for k, v in result.extra.get("metrics", {}).items()}}
+    return {"name": spec.name, "status": "ok", "out_dir": str(out), "metrics": metrics,
             "coverage": coverage.fraction, "wall_s": time.perf_counter() - t0}

@@ -93,6 +93,7 @@ def result_frames(result: BacktestResult) -> dict[str, pd.DataFrame]:
 
 
 def metrics_document(result: BacktestResult, run: dict[str, Any]) -> dict[str, Any]:
+    extra = {k: v for k, v in result.extra.items() if k != "series"}  # per-bar series go to agent.parquet
     return _jsonable(
         {
             "run": run,
@@ -102,7 +103,7 @@ def metrics_document(result: BacktestResult, run: dict[str, Any]) -> dict[str, A
             "open_position_at_end": bool(result.trades.open_position),
             "first_bar": pd.Timestamp(int(result.timestamps[0]), unit="ms", tz="UTC").isoformat(),
             "last_bar": pd.Timestamp(int(result.timestamps[-1]), unit="ms", tz="UTC").isoformat(),
-            "extra": result.extra,
+            "extra": extra,
             "timings": result.timings,
         }
     )
@@ -118,7 +119,10 @@ def plot_result(result: BacktestResult, path: Path, title: str) -> None:
     stride = max(1, n // PLOT_POINTS)
     ts = pd.to_datetime(result.timestamps[::stride], unit="ms", utc=True)
     eq = result.sim.equity
-    fig, axes = plt.subplots(4, 1, figsize=(11, 10), gridspec_kw={"height_ratios": [3, 1.2, 1.2, 1.6]})
+    series = result.extra.get("series") or {}
+    agent = "lambda" in series
+    rows = [3, 1.2, 1.2, 1.6] + ([1.2, 1.2, 1.2] if agent else [])
+    fig, axes = plt.subplots(len(rows), 1, figsize=(11, 10 + (4 if agent else 0)), gridspec_kw={"height_ratios": rows})
     fig.subplots_adjust(left=0.08, right=0.98, top=0.96, bottom=0.06, hspace=0.32)  # tight_layout costs ~0.4 s
     axes[0].plot(ts, eq[::stride], lw=0.9, label="equity")
     axes[0].plot(ts, result.config.initial_cash * result.close[::stride] / result.close[0], lw=0.7, alpha=0.6,
@@ -140,6 +144,22 @@ def plot_result(result: BacktestResult, path: Path, title: str) -> None:
     axes[3].hist(r * 100, bins=100, color="tab:blue", alpha=0.8)
     axes[3].set_yscale("log")
     axes[3].set_xlabel("bar return of equity % (bars with a position)")
+    if agent:
+        axes[4].plot(ts, series["lambda"][::stride], lw=0.8, color="tab:purple")
+        axes[4].set_ylabel("lambda")
+        names = result.extra.get("regime_names") or []
+        axes[5].scatter(ts, series["regime"][::stride], s=1, c=series["regime"][::stride], cmap="tab10")
+        axes[5].set_yticks(range(len(names)), names, fontsize=6)
+        axes[5].set_ylabel("regime")
+        echo = result.extra.get("echo")
+        if echo and echo["bars"]:
+            t0 = result.timestamps[0]
+            bar_ms = (result.timestamps[-1] - t0) / max(1, n - 1)
+            when = pd.to_datetime(t0 + np.asarray(echo["bars"]) * bar_ms, unit="ms", utc=True)
+            axes[6].plot(when, echo["elite_mean"], lw=0.8, label="elite mean PnL")
+            axes[6].plot(when, echo["fitness_mean"], lw=0.8, label="population mean PnL")
+            axes[6].legend(fontsize=7, loc="upper left")
+        axes[6].set_ylabel("echo fitness")
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -167,6 +187,10 @@ def write_result(result: BacktestResult, out_dir: str | os.PathLike, run: dict[s
             raise OutputError(f"cannot write in {parent}: {exc.strerror or exc}; choose a writable --out") from exc
         for name, frame in result_frames(result).items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        series = result.extra.get("series")
+        if series:
+            agent_frame = pd.DataFrame({"timestamp": pd.to_datetime(result.timestamps, unit="ms", utc=True), **series})
+            agent_frame.to_parquet(tmp / "agent.parquet", index=False)
         if plot:
             plot_result(result, tmp / "plot.png", f"{run.get('name', result.strategy['label'])}")
         doc = metrics_document(result, run)
