@@ -210,7 +210,7 @@ def test_batch_cli_bad_inputs(capsys, one_day_store, tmp_path):
         code = main(["--root", str(one_day_store), "--out", str(tmp_path / "b"), *args])
         return code, capsys.readouterr().err.strip()
 
-    assert batch("--preset", "nope")[1].endswith("presets: ['demo', 'smoke']")
+    assert batch("--preset", "nope")[1].endswith("presets: ['demo', 'smoke', 'umc']")
     code, err = batch("--dataset", "binance:2024-01-01", "--strategy", "buy_and_hold")
     assert code == 1 and "expected EXCHANGE:YEAR or EXCHANGE:START:END" in err
     code, err = batch("--dataset", "binance:2024-01-01:2024-13-01", "--strategy", "buy_and_hold")

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--year", type=int, help="backtest this UTC year")
     p.add_argument("--start", help="first bar (UTC date), with --end instead of --year")
     p.add_argument("--end", help="end (exclusive, UTC date)")
+    p.add_argument("--eval-start", help="evaluate from this date; the bars before it are history (warm-up, the "
+                   "agent's scaling and macrostate fit)")
     p.add_argument("--allow-partial", action="store_true",
                    help="run on the stored part of a range the store did not fully fetch (reports the coverage)")
     p.add_argument("--strategy", default="sma", help="buy_and_hold, sma, umc or path/to/file.py:Class (default: %(default)s)")
@@ -109,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     data = DataRange(args.exchange, args.symbol, args.timeframe, year=args.year, start=args.start, end=args.end,
-                     allow_partial=args.allow_partial)
+                     allow_partial=args.allow_partial, eval_start=args.eval_start)
     spec = RunSpec(root=args.root, data=data, strategy=args.strategy, params=tuple(sorted(params.items())),
                    engine=engine_from_args(args), out=args.out)
     if Path(args.out).exists() and not args.overwrite:
