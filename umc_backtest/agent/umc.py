@@ -288,7 +288,7 @@ class UMCAgent(AgentStrategy):
         self.opt.step()
         after = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach()
         self.update_sizes.append(update_size([before.numpy()], [after.numpy()]))
-        self.updates.append((t, float(loss), parts["recon"], parts["kl"]))
+        self.updates.append((t, float(loss.detach()), parts["recon"], parts["kl"]))
         self.gi.refresh(self.model)
         self.next_prior = None
 

@@ -233,7 +233,8 @@ def resolve_strategy(name: str) -> type[Strategy]:
         if ":" not in name:
             raise StrategyError(f"strategy {name!r}: a file strategy is path/to/file.py:ClassName")
         return _load_from_file(name)
-    _import_plugins()
+    if name not in STRATEGIES:
+        _import_plugins()  # only then: the agent pulls in torch
     if name not in STRATEGIES:
         raise StrategyError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)} or path/to/file.py:ClassName")
     return STRATEGIES[name]
