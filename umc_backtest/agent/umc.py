@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -85,7 +85,6 @@ class UMCAgent(AgentStrategy):
     leakage_every: int = 50
     contraction_threshold: float = 1e-4
     fused: bool = True  # the compiled per-bar decision; False runs the NumPy reference path
-    _state: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = []
@@ -112,7 +111,7 @@ class UMCAgent(AgentStrategy):
         return "umc" if self.ablation == "full" else f"umc[{self.ablation}]"
 
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @property
     def uses_echo(self) -> bool:
@@ -181,7 +180,6 @@ class UMCAgent(AgentStrategy):
         self.drift = self.ret_mean / self.ret_scale
         self.cost_scaled = self.cost / self.ret_scale
         self.action_steps = (np.arange(N_ACTIONS) - 1) * self.position_size
-        self.prev_close = float(hist_c[-1])
 
     def _store(self, s_prev, a, obs, ctx, tag: int) -> None:
         i = self.buf_i
@@ -346,6 +344,7 @@ class UMCAgent(AgentStrategy):
             "update_size_mean": float(upd.mean()) if upd.size else math.nan,
             "contraction_share": float((upd < self.contraction_threshold).mean()) if upd.size else math.nan,
             "regimes_seen": float(cycles["regimes_seen"]),
+            "echo_samples_offered": float(self.echo_samples_offered),
             "echo_samples_stored": float(self.echo_samples_stored),
             "buy_share": float((h["action"] == 2).mean()),
             "sell_share": float((h["action"] == 0).mean()),
