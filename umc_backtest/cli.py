@@ -132,10 +132,7 @@ def run_cli(command: str, func, args) -> int:
     except (MarketDataError, BacktestError, StrategyError, ConfigError, ValueError) as exc:
         print(f"{command}: error: {exc}", file=sys.stderr)
         return 1
-    except FileExistsError as exc:
-        print(f"{command}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except OSError as exc:  # includes FileExistsError for an existing --out
         print(f"{command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
 

@@ -76,26 +76,16 @@ def decide_nb(prior, obs, ctx, enc_w1, enc_b1, enc_w2, enc_b2, t_w1_s, t_w1_a, t
                     mean_o[a, e, d] = acc
                 else:
                     var_o[a, e, d - D] = math.exp(min(max(acc, -8.0), 4.0))
-    # G^lambda per action
+    # G^lambda per action; each action's ensemble mean and variance of o' kept for the chosen one
     g = np.empty(A)
     ig = np.empty(A)
     expo = np.empty(A)
+    mix_mean = np.empty((A, D))
+    mix_var = np.empty((A, D))
     for a in range(A):
         ex = exposure + (a - 1) * step
         ex = min(max(ex, 0.0), max_pos)
         expo[a] = ex
-        rm = 0.0
-        rv = 0.0
-        rsq = 0.0
-        for e in range(E):
-            rm += mean_o[a, e, 0]
-            rsq += mean_o[a, e, 0] * mean_o[a, e, 0]
-            rv += var_o[a, e, 0]
-        rm /= E
-        rv = rv / E + max(rsq / E - rm * rm, 0.0)
-        pm = ex * (drift + rm) - cost_scaled * abs(ex - exposure)
-        pv = ex * ex * rv + pref_var
-        risk = 0.5 * (math.log(pref_var / pv) + (pv + (pm - pref_mean) ** 2) / pref_var - 1.0)
         amb = 0.0
         info = 0.0
         for d in range(D):
@@ -110,6 +100,13 @@ def decide_nb(prior, obs, ctx, enc_w1, enc_b1, enc_w2, enc_b2, t_w1_s, t_w1_a, t
             m /= E
             spread = max(msq / E - m * m, 0.0)
             info += math.log1p(spread / (v / E))
+            mix_mean[a, d] = m
+            mix_var[a, d] = v / E + spread
+        rm = mix_mean[a, 0]  # the predicted return is observation dimension 0
+        rv = mix_var[a, 0]
+        pm = ex * (drift + rm) - cost_scaled * abs(ex - exposure)
+        pv = ex * ex * rv + pref_var
+        risk = 0.5 * (math.log(pref_var / pv) + (pv + (pm - pref_mean) ** 2) / pref_var - 1.0)
         amb = 0.5 * (D * LOG_2PI_E + amb / E)
         info = 0.5 * info
         ig[a] = info
@@ -128,19 +125,8 @@ def decide_nb(prior, obs, ctx, enc_w1, enc_b1, enc_w2, enc_b2, t_w1_s, t_w1_a, t
         if target <= cum:
             chosen = a
             break
-    pred_mean = np.zeros(D)
-    pred_var = np.zeros(D)
-    for d in range(D):
-        m = 0.0
-        msq = 0.0
-        v = 0.0
-        for e in range(E):
-            m += mean_o[chosen, e, d]
-            msq += mean_o[chosen, e, d] ** 2
-            v += var_o[chosen, e, d]
-        m /= E
-        pred_mean[d] = m
-        pred_var[d] = v / E + max(msq / E - m * m, 0.0)
+    pred_mean = mix_mean[chosen].copy()
+    pred_var = mix_var[chosen].copy()
     next_prior = np.zeros(L)
     for j in range(L):
         acc = 0.0
