@@ -90,7 +90,6 @@ class NumpyGI:
 
     def __init__(self, model: MarketGI) -> None:
         self.refresh(model)
-        self.eye = np.eye(N_ACTIONS)
 
     def refresh(self, model: MarketGI) -> None:
         with torch.no_grad():

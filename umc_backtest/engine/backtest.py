@@ -60,14 +60,11 @@ class BacktestResult:
     target: np.ndarray  # what the strategy asked for after each close
     cap: np.ndarray  # what the risk limits allowed
     sim: Simulation
+    exposure: np.ndarray  # position value / equity at each close
     trades: Trades
     metrics: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)  # agent diagnostics
     timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def exposure(self) -> np.ndarray:
-        return self.sim.units * self.close / self.sim.equity
 
 
 def strategy_targets(strategy: Strategy, data: MarketData, config: EngineConfig) -> tuple[np.ndarray, dict]:
@@ -132,6 +129,7 @@ def run_backtest(data: MarketData, strategy: Strategy, config: EngineConfig | No
         target=target,
         cap=cap_full[s:],
         sim=sim,
+        exposure=exposure,
         trades=trades,
         metrics=metrics,
         extra=extra,
