@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 
 WIN_RATE = "win_rate"
-EPISODE_RETURN_MEAN = "episode_return_mean"
+#: The team's return per episode (one agent's: every agent gets the team reward). RLlib's own
+#: ``episode_return_mean`` sums every agent's return (n_agents x this); the name keeps them apart.
+TEAM_RETURN_MEAN = "team_return_mean"
 EPISODE_LEN_MEAN = "episode_len_mean"
 NUM_EPISODES = "num_episodes"
 ENV_STEPS_SAMPLED = "env_steps_sampled"
@@ -18,7 +20,7 @@ ENTROPY = "entropy"
 CLIP_FRACTION = "clip_fraction"
 VF_EXPLAINED_VAR = "vf_explained_var"
 EVAL_WIN_RATE = "eval_win_rate"
-EVAL_RETURN_MEAN = "eval_episode_return_mean"
+EVAL_TEAM_RETURN_MEAN = "eval_team_return_mean"
 LEARNER_DEVICE = "learner_device"
 TIME_THIS_ITER_S = "time_this_iter_s"
 ENV_STEPS_PER_S = "env_steps_per_s"
@@ -52,7 +54,7 @@ def summarize_result(result: dict, module_id: str = "shared_policy") -> dict[str
     iter_s = float(result.get("time_this_iter_s", np.nan))
     return {
         WIN_RATE: float(_get(runners, BATTLE_WON)),
-        EPISODE_RETURN_MEAN: float(_get(runners, TEAM_RETURN)),
+        TEAM_RETURN_MEAN: float(_get(runners, TEAM_RETURN)),
         EPISODE_LEN_MEAN: float(_get(runners, "episode_len_mean")),
         NUM_EPISODES: float(_get(runners, "num_episodes")),
         ENV_STEPS_SAMPLED: steps,
@@ -63,7 +65,7 @@ def summarize_result(result: dict, module_id: str = "shared_policy") -> dict[str
         CLIP_FRACTION: float(_get(learner, CLIP_FRACTION)),
         VF_EXPLAINED_VAR: float(_get(learner, "vf_explained_var")),
         EVAL_WIN_RATE: float(_get(evaluation, BATTLE_WON)),
-        EVAL_RETURN_MEAN: float(_get(evaluation, TEAM_RETURN)),
+        EVAL_TEAM_RETURN_MEAN: float(_get(evaluation, TEAM_RETURN)),
         TIME_THIS_ITER_S: iter_s,
         ENV_STEPS_PER_S: steps / iter_s if iter_s and iter_s > 0 else np.nan,
     }
@@ -80,6 +82,17 @@ WORLD_MODEL_SAMPLES = "world_model_samples"
 MI_ESTIMATE_MEAN = "mi_estimate_mean"
 MI_ESTIMATE_STD = "mi_estimate_std"
 MI_ESTIMATE_POSITIVE_FRACTION = "mi_estimate_positive_fraction"
+#: MI diagnostics (issue 14): the likelihood temperature used, the share of rows whose best-fitting
+#: world-model head is the action taken, I_hat on those rows and on the others, the ceiling
+#: E[log pi(a*) / pibar(a*)] (an estimate of KL(pi || pibar)), I_hat as Proposition 1 writes it
+#: (temperature 1) and the share of death transitions (no bonus).
+MI_TEMPERATURE = "mi_temperature"
+MI_HIT_RATE = "mi_hit_rate"
+MI_ESTIMATE_HIT_MEAN = "mi_estimate_hit_mean"
+MI_ESTIMATE_MISS_MEAN = "mi_estimate_miss_mean"
+MI_CEILING_MEAN = "mi_ceiling_mean"
+MI_ESTIMATE_UNTEMPERED_MEAN = "mi_estimate_untempered_mean"
+MI_DEATH_FRACTION = "mi_death_fraction"
 MI_BONUS_MEAN = "mi_bonus_mean"
 MI_BONUS_STD = "mi_bonus_std"
 INTRINSIC_EXTRINSIC_RATIO = "intrinsic_extrinsic_ratio"
@@ -107,6 +120,13 @@ AMAL_LEARNER_METRICS = (
     MI_BONUS_MEAN,
     MI_BONUS_STD,
     INTRINSIC_EXTRINSIC_RATIO,
+    MI_TEMPERATURE,
+    MI_HIT_RATE,
+    MI_ESTIMATE_HIT_MEAN,
+    MI_ESTIMATE_MISS_MEAN,
+    MI_CEILING_MEAN,
+    MI_ESTIMATE_UNTEMPERED_MEAN,
+    MI_DEATH_FRACTION,
     AUX_SAMPLE_FRACTION,
     AUX_IMPORTANCE_WEIGHT_MEAN,
 )

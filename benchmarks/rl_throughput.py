@@ -1,13 +1,22 @@
-"""RL throughput on SMAX: raw JAX env, the RLlib adapter, MAPPO per training iteration.
+"""RL throughput on SMAX: raw JAX env, the RLlib adapter, MAPPO per training iteration, old path vs new.
 
-    python benchmarks/rl_throughput.py [--scenario 3m] [--iterations 4] [--runners 0 1 2]
+    python benchmarks/rl_throughput.py [--scenario 3m] [--iterations 4] [--amal]
 
 Prints steps/s for (1) the raw jitted SMAX step in a Python loop and a vmapped
-batch (the baseline the adapter is compared with, same process), (2) the
-``MultiAgentEnv`` adapter with random valid actions, (3) MAPPO's env steps per
-second of wall time for full training iterations (sampling + learning), for
-each number of remote env runners given. Goal (issue 3): >= 1,000 env steps/s
-per iteration on SMAX 3m with 2 CPU cores.
+batch (the baselines, same process), (2) the ``MultiAgentEnv`` adapter with
+random valid actions, (3) MAPPO's env steps per second of wall time for full
+training iterations (sampling + learning):
+
+- "RLlib loop": the path before issue 14, RLlib's per-step env-runner loop and
+  its per-episode learner connectors (``fast_sampling=False``,
+  ``bulk_learner_connector=False``), 2 remote runners x 16 envs, 4,000-step
+  batches (what issue 14 measured at ~1,150 steps/s);
+- "vectorised": ``amal_rllib.rollout`` + ``amal_rllib.learner_connector``, the
+  same shape, then the default shape (one local runner x ``--envs`` envs,
+  ``--train-batch`` steps, MAPPO's default epochs and minibatches).
+
+``--amal`` adds AMAL vs MAPPO iteration time on the default shape. Goals (issue
+14): >= 4,000 MAPPO env steps/s on SMAX 3m with 2 CPU cores; AMAL <= 1.3x MAPPO.
 """
 
 from __future__ import annotations
@@ -87,7 +96,7 @@ def adapter(scenario: str, steps: int) -> float:
 
 def mappo_iterations(
     scenario: str, runners: int, iterations: int, envs_per_runner: int, batch: int, vectorize: bool = True,
-    algo: str = "mappo", warmup: int = 1, **amal_knobs,
+    algo: str = "mappo", warmup: int = 1, fast: bool = True, num_minibatches: int | None = None, **amal_knobs,
 ) -> dict:
     import ray
 
@@ -104,9 +113,10 @@ def mappo_iterations(
 
     common = dict(
         num_env_runners=runners, num_envs_per_env_runner=envs_per_runner, train_batch_size=batch,
-        evaluation_interval=None, env_kwargs={"vectorize": vectorize},
+        num_minibatches=num_minibatches, evaluation_interval=None, env_kwargs={"vectorize": vectorize, "fast_sampling": fast},
     )
     config = amal_config(scenario, **common, **amal_knobs) if algo == "amal" else mappo_config(scenario, **common)
+    config.training(bulk_learner_connector=fast)
     summarize = summarize_amal_result if algo == "amal" else summarize_result
     trainer = config.build_algo()
     learn_times: list[float] = []
@@ -149,21 +159,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="3m")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=64, help="vmapped SMAX batch size")
+    parser.add_argument("--batch", type=int, default=128, help="vmapped SMAX batch size")
     parser.add_argument("--iterations", type=int, default=4)
-    parser.add_argument("--runners", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--envs-per-runner", type=int, default=16)
-    parser.add_argument("--train-batch", type=int, default=4000)
+    parser.add_argument("--runners", type=int, nargs="+", default=[0],
+                        help="remote env runners for the default-shape rows (one row each)")
+    parser.add_argument("--envs-per-runner", type=int, default=128)
+    parser.add_argument("--train-batch", type=int, default=16384)
+    parser.add_argument("--num-minibatches", type=int, default=4)
+    parser.add_argument("--skip-old", action="store_true", help="skip the two 2 x 16 / 4,000-step rows")
     parser.add_argument("--amal", action="store_true",
                         help="AMAL vs MAPPO iteration time with the same primary runners (+1 auxiliary runner)")
-    parser.add_argument("--amal-only", action="store_true", help="skip the env and MAPPO-scaling rows")
+    parser.add_argument("--amal-only", action="store_true", help="skip the env and MAPPO rows")
     parser.add_argument("--amal-parts", action="store_true",
                         help="also AMAL with aux_ratio 0, with lambda_info 0 and with aux_rollout_overlap "
                         "'sampling': where the extra time goes")
     parser.add_argument("--repeats", type=int, default=1,
                         help="--amal-only: run the variants this many times, alternating; report medians")
-    parser.add_argument("--compare-sync", action="store_true",
-                        help="also time RLlib's SyncVectorMultiAgentEnv (local runner) as a baseline")
     args = parser.parse_args()
 
     import ray
@@ -173,24 +184,29 @@ def main() -> None:
     single, vmapped = raw_smax(args.scenario, args.steps, args.batch)
     wrapped = adapter(args.scenario, args.steps)
     print(f"SMAX {args.scenario} throughput (env steps/s; one step moves the whole team)")
-    print(f"{'measure':<60}{'steps/s':>10}{'vs raw':>8}")
-    print(f"{'raw jitted step, Python loop (baseline)':<60}{single:>10.0f}{1.0:>8.2f}")
-    print(f"{f'raw vmapped step, batch {args.batch}':<60}{vmapped:>10.0f}{vmapped / single:>8.2f}")
-    print(f"{'MultiAgentEnv adapter, random valid actions':<60}{wrapped:>10.0f}{wrapped / single:>8.2f}")
-    runs = [(0, False)] if args.compare_sync else []
-    runs += [(runners, True) for runners in args.runners]
-    for runners, vectorize in runs:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        res = mappo_iterations(
-            args.scenario, runners, args.iterations, args.envs_per_runner, args.train_batch, vectorize
-        )
-        kind = "vmapped" if vectorize else "RLlib sync"
-        label = f"MAPPO iteration, {runners} remote x {args.envs_per_runner} envs ({kind})"
+    print(f"{'measure':<66}{'steps/s':>10}{'vs raw':>8}")
+    print(f"{'raw jitted step, Python loop (baseline)':<66}{single:>10.0f}{1.0:>8.2f}")
+    print(f"{f'raw vmapped step, batch {args.batch}':<66}{vmapped:>10.0f}{vmapped / single:>8.2f}")
+    print(f"{'MultiAgentEnv adapter, random valid actions':<66}{wrapped:>10.0f}{wrapped / single:>8.2f}")
+    runs = [] if args.skip_old else [("RLlib loop", 2, 16, 4000, None, False), ("vectorised", 2, 16, 4000, None, True)]
+    runs += [
+        ("vectorised", r, args.envs_per_runner, args.train_batch, args.num_minibatches, True) for r in args.runners
+    ]
+    rows = {}
+    for kind, runners, envs, batch, minibatches, fast in runs:
+        ray.init(num_cpus=max(2, runners), include_dashboard=False, log_to_driver=False)
+        res = mappo_iterations(args.scenario, runners, args.iterations, envs, batch, fast=fast,
+                               num_minibatches=minibatches)
+        label = f"MAPPO iteration, {kind}, {runners} remote x {envs} envs, batch {batch}"
+        rows[(kind, runners, envs, batch)] = res
         print(
-            f"{label:<60}{res['steps_per_s']:>10.0f}{res['steps_per_s'] / single:>8.2f}"
+            f"{label:<66}{res['steps_per_s']:>10.0f}{res['steps_per_s'] / single:>8.2f}"
             f"   (iteration {res['iter_s']:.2f} s, learner update ~{res['learn_s']:.2f} s)"
         )
-    print("goal: >= 1,000 env steps/s per MAPPO iteration on SMAX 3m with 2 CPU cores")
+    if not args.skip_old:
+        old, new = rows[("RLlib loop", 2, 16, 4000)], rows[("vectorised", 2, 16, 4000)]
+        print(f"vectorised / RLlib loop, same shape: {new['steps_per_s'] / old['steps_per_s']:.2f}x")
+    print("goal: >= 4,000 env steps/s per MAPPO iteration on SMAX 3m with 2 CPU cores")
     if args.amal:
         compare_amal(args)
 
@@ -214,11 +230,11 @@ def compare_amal(args) -> None:
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(args.repeats):  # the variants alternate, so slow phases of the machine hit them alike
         for name, (algo, knobs) in variants.items():
-            ray.init(num_cpus=runners + 1, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=max(2, runners + 1), include_dashboard=False, log_to_driver=False)
             runs[name].append(
                 mappo_iterations(
                     args.scenario, runners, args.iterations, args.envs_per_runner, args.train_batch, algo=algo,
-                    warmup=3, **knobs,
+                    warmup=3, num_minibatches=args.num_minibatches, **knobs,
                 )
             )
     rows = {name: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for name, rs in runs.items()}

@@ -32,9 +32,11 @@ from pathlib import Path
 
 FIELDS = [
     "algo", "scenario", "seed", "iteration", "env_steps", "env_steps_primary", "env_steps_auxiliary", "wall_s",
-    "win_rate", "episode_return_mean", "episode_len_mean", "eval_win_rate", "eval_episode_return_mean",
+    "win_rate", "team_return_mean", "episode_len_mean", "eval_win_rate", "eval_team_return_mean",
     "policy_loss", "vf_loss", "entropy", "world_model_loss", "mi_estimate_mean", "mi_estimate_std", "mi_bonus_mean",
-    "mi_bonus_std", "intrinsic_extrinsic_ratio", "aux_sample_fraction", "cem_generation", "cem_best_fitness",
+    "mi_bonus_std", "intrinsic_extrinsic_ratio", "mi_temperature", "mi_hit_rate", "mi_estimate_hit_mean",
+    "mi_estimate_miss_mean", "mi_ceiling_mean", "mi_estimate_untempered_mean", "mi_death_fraction",
+    "aux_sample_fraction", "cem_generation", "cem_best_fitness",
     "cem_mean_fitness", "cem_sigma_norm",
 ]
 
@@ -65,15 +67,28 @@ def build(args: argparse.Namespace, algo: str, seed: int):
 
         return (AMAL if algo == "amal" else MAPPO).from_checkpoint(str(path))
 
+    from amal_rllib.amal.config import AMAL_KNOBS
+
     common = dict(
         seed=seed, num_env_runners=args.runners, num_envs_per_env_runner=args.envs_per_runner,
-        train_batch_size=args.train_batch, evaluation_interval=args.eval_interval,
-        evaluation_episodes=args.eval_episodes,
+        train_batch_size=args.train_batch, num_minibatches=args.num_minibatches,
+        evaluation_interval=args.eval_interval, evaluation_episodes=args.eval_episodes,
     )
+    knobs = dict(args.amal_knobs)
+    training = {k: knobs.pop(k) for k in list(knobs) if k not in AMAL_KNOBS}
     if algo == "amal":
-        knobs = {"num_aux_env_runners": args.aux_runners, **dict(args.amal_knobs)}
-        return amal_config(args.scenario, **common, **knobs).build_algo()
-    return mappo_config(args.scenario, **common).build_algo()
+        config = amal_config(args.scenario, **common, num_aux_env_runners=args.aux_runners, **knobs)
+    elif knobs:
+        raise SystemExit(f"--set {sorted(knobs)}: AMAL knobs, but --algos has mappo")
+    else:
+        config = mappo_config(args.scenario, **common)
+    config.training(**training)
+    if args.constant_lr:
+        config.training(lr_anneal_env_steps=None)
+    elif args.anneal_lr_steps or "lr_anneal_env_steps" not in training:
+        # JaxMARL's ANNEAL_LR: to 0 at the run's budget (or where --anneal-lr-steps says).
+        config.training(lr_anneal_env_steps=args.anneal_lr_steps or args.env_steps)
+    return config.build_algo()
 
 
 def run(args: argparse.Namespace, algo_name: str, seed: int, writer: csv.DictWriter, fh) -> dict:
@@ -91,7 +106,7 @@ def run(args: argparse.Namespace, algo_name: str, seed: int, writer: csv.DictWri
             s = m.summarize_amal_result(algo.train())
             if args.eval_interval and algo.training_iteration % args.eval_interval:
                 # RLlib repeats the last evaluation's metrics in later results.
-                s[m.EVAL_WIN_RATE] = s[m.EVAL_RETURN_MEAN] = math.nan
+                s[m.EVAL_WIN_RATE] = s[m.EVAL_TEAM_RETURN_MEAN] = math.nan
             primary = s[m.ENV_STEPS_SAMPLED_LIFETIME]
             aux = 0.0 if math.isnan(s[m.ENV_STEPS_AUX_LIFETIME]) else s[m.ENV_STEPS_AUX_LIFETIME]
             total = primary + aux
@@ -135,7 +150,7 @@ def plot(out: Path, target: float, eval_interval: int | None) -> None:
 
     df = pd.read_csv(out / "curves.csv")
     if eval_interval:
-        df.loc[df["iteration"] % eval_interval != 0, ["eval_win_rate", "eval_episode_return_mean"]] = math.nan
+        df.loc[df["iteration"] % eval_interval != 0, ["eval_win_rate", "eval_team_return_mean"]] = math.nan
     has_amal = (df["algo"] == "amal").any()
     fig, axes = plt.subplots(2 if has_amal else 1, 2, figsize=(12, 9 if has_amal else 4.5), squeeze=False)
     # MAPPO blue, AMAL orange; other variants (ablations, merged older runs) take the next free colours.
@@ -190,12 +205,17 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=2_000_000, help="total env steps per run (aux counted)")
     parser.add_argument("--max-minutes-per-run", "--max-minutes-per-seed", dest="max_minutes_per_run", type=float)
     parser.add_argument("--target", type=float, default=0.8)
-    parser.add_argument("--runners", type=int, default=2)
+    parser.add_argument("--runners", type=int, default=0, help="remote env runners (0: the algorithm's process)")
     parser.add_argument("--aux-runners", type=int, default=1)
-    parser.add_argument("--envs-per-runner", type=int, default=16)
+    parser.add_argument("--envs-per-runner", type=int, default=128)
     parser.add_argument("--set", dest="amal_knobs", type=knob, action="append", default=[], metavar="KNOB=VALUE",
-                        help="an AMALConfig knob for the AMAL runs, e.g. --set lambda_info=0.1 (repeatable)")
-    parser.add_argument("--train-batch", type=int, default=4000)
+                        help="a config knob, e.g. --set lambda_info=0.1 (AMAL only) or --set lr=2e-3 (any "
+                        ".training() setting; repeatable)")
+    parser.add_argument("--train-batch", type=int, default=16384)
+    parser.add_argument("--num-minibatches", type=int, default=4, help="minibatches per epoch")
+    parser.add_argument("--anneal-lr", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old commands
+    parser.add_argument("--anneal-lr-steps", type=int, help="where the lr reaches 0 (default: --env-steps, JaxMARL's ANNEAL_LR)")
+    parser.add_argument("--constant-lr", action="store_true", help="no lr annealing")
     parser.add_argument("--eval-interval", type=int, default=5)
     parser.add_argument("--eval-episodes", type=int, default=32)
     parser.add_argument("--cpus", type=int, default=3, help="logical CPUs for Ray (one per runner)")

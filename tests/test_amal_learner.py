@@ -11,9 +11,10 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from amal_rllib.amal.algorithm import cyclic_minibatch_count, mixed_minibatches
-from amal_rllib.amal.connectors import AUXILIARY, WORLD_MODEL_MASK, standardize_per_group
+from amal_rllib.amal.connectors import AUXILIARY, WORLD_MODEL_MASK, AMALRewardsAndOffPolicy, standardize_per_group
 from amal_rllib.amal.learner import world_model_rows
 from amal_rllib.amal.rollouts import episode_transitions, learner_rows, mark_auxiliary
+from amal_rllib.core.mi import masked_log_policy
 from amal_rllib.core.world_model import world_model_loss
 from amal_rllib.env_runner import TeamEnvRunner
 from amal_rllib.envs.registry import make_env
@@ -111,15 +112,40 @@ def test_world_model_gradient_ignores_auxiliary_samples(episodes_blob):
     assert not torch.any(obs >= 1e6)
 
 
-def test_auxiliary_rows_get_clipped_importance_weights(episodes_blob):
-    learner = build_learner(amal(lambda_info=0.0, aux_ratio=0.5, num_aux_env_runners=1))
+@pytest.mark.parametrize("bulk", [True, False])
+def test_auxiliary_rows_get_clipped_importance_weights(episodes_blob, bulk):
+    """w = min(pi(a|o) / mu(a|o), clip) on every auxiliary row, with pi the learner's actor and mu the
+    candidate's stored log-prob; 1 on primary rows; PPO's ratio is then taken against pi on auxiliary rows."""
+    clip = 1.2
+    learner = build_learner(
+        amal(lambda_info=0.0, aux_ratio=0.5, num_aux_env_runners=1, aux_importance_clip=clip).training(
+            bulk_learner_connector=bulk
+        )
+    )
+    assert learner.bulk_pipeline == bulk
     primary, aux = fresh(episodes_blob)
-    batch = connector_batch(learner, primary + aux)
-    is_aux = (batch[AUXILIARY] > 0.5) & batch[Columns.LOSS_MASK].bool()
-    weights = batch[SAMPLE_WEIGHT]
+    pipeline = learner._learner_connector.connectors
+    position = next(i for i, c in enumerate(pipeline) if isinstance(c, AMALRewardsAndOffPolicy))
+    batch = {}
+    kwargs = dict(rl_module=learner.module, episodes=primary + aux, shared_data={}, metrics=None)
+    for connector in pipeline[:position]:  # the batch as it reaches AMAL's connector
+        batch = connector(batch=batch, **kwargs)
+    before = batch[SHARED_POLICY]
+    behaviour = before[Columns.ACTION_LOGP].clone()
+    obs = before[Columns.OBS]
+    with torch.no_grad():
+        log_pi = masked_log_policy(learner.module[SHARED_POLICY].actor(obs["obs"]), obs["action_mask"])
+    current = log_pi.gather(1, before[Columns.ACTIONS].long()[:, None]).squeeze(1)
+    after = pipeline[position](batch=batch, **kwargs)[SHARED_POLICY]
+    is_aux = (after[AUXILIARY] > 0.5) & after[Columns.LOSS_MASK].bool()
+    assert is_aux.any() and (~is_aux).any()
+    weights = after[SAMPLE_WEIGHT]
+    expected = torch.exp(current - behaviour).clamp(max=clip)
+    torch.testing.assert_close(weights[is_aux], expected[is_aux].float())
     assert torch.all(weights[~is_aux] == 1.0)
-    assert torch.all((weights[is_aux] > 0) & (weights[is_aux] <= 1.0))
-    assert weights[is_aux].min() < 1.0  # the candidate's behaviour differs from pi
+    assert (expected[is_aux] < clip).any() and (expected[is_aux] == clip).any()  # both sides of the clip occur
+    torch.testing.assert_close(after[Columns.ACTION_LOGP][is_aux], current[is_aux].to(behaviour.dtype))
+    torch.testing.assert_close(after[Columns.ACTION_LOGP][~is_aux], behaviour[~is_aux])
 
 
 def test_standardize_per_group():
@@ -238,3 +264,55 @@ def test_config_rejects_out_of_range_knobs():
         assert knob in message, knob
     with pytest.raises(ValueError, match="num_aux_env_runners"):
         amal_config("3m", num_aux_env_runners=0, aux_ratio=0.5, **SMALL).validate()
+    with pytest.raises(ValueError, match="count_steps_by"):
+        amal_config("3m", **SMALL).multi_agent(count_steps_by="agent_steps").validate()
+    with pytest.raises(ValueError, match="aux_collect_timeout_s"):
+        amal_config("3m", **SMALL).training(aux_collect_timeout_s=0).validate()
+
+
+def test_mi_on_real_smax_transitions_is_nonnegative_with_an_overconfident_world_model():
+    """Real SMAX 3m transitions from a peaked policy (entropy well below uniform, as late in training)
+    and a world model fitted to them, then made sure of itself (sigma / e^2, as a model that sharpens over
+    a long run): the batch mean of the calibrated I_hat is >= 0 and at most the ceiling E[log pi / pibar]
+    (up to noise), while Proposition 1 as written turns negative on the same rows."""
+    from amal_rllib.metrics import MI_CEILING_MEAN, MI_ESTIMATE_MEAN, MI_ESTIMATE_UNTEMPERED_MEAN, MI_TEMPERATURE
+
+    config = amal(lambda_info=0.1, perturbation_std=0.1)
+    runner = TeamEnvRunner(config=config)
+    module = runner.module[SHARED_POLICY]
+    with torch.no_grad():  # a peaked policy: the head's weights scaled up
+        module.actor[-1].weight.mul_(1500.0)
+    episodes = runner.sample(num_timesteps=2400)
+    runner.stop()
+    learner = build_learner(config)
+    learner.module[SHARED_POLICY].actor.load_state_dict(module.actor.state_dict())
+    pipeline = learner._learner_connector.connectors
+    position = next(i for i, c in enumerate(pipeline) if isinstance(c, AMALRewardsAndOffPolicy))
+    batch = {}
+    for connector in pipeline[:position]:
+        batch = connector(batch=batch, rl_module=learner.module, episodes=episodes, shared_data={}, metrics=None)
+    mb = batch[SHARED_POLICY]
+    mpl = learner.module[SHARED_POLICY]
+    x = mb[Columns.OBS]["obs"]
+    alive = mb[Columns.OBS]["alive"].reshape(-1) > 0.5
+    rows = (alive & mb[Columns.LOSS_MASK].reshape(-1).bool()).nonzero().squeeze(1)
+    next_x = torch.roll(x, -1, 0)
+    with torch.no_grad():
+        log_pi = masked_log_policy(mpl.actor(x[rows]), mb[Columns.OBS]["action_mask"][rows])
+    entropy = float(-(log_pi.exp() * torch.nan_to_num(log_pi, neginf=0.0)).sum(1).mean())
+    assert entropy < 0.7, entropy  # uniform over the valid actions would be ~1.9 nats
+    optimizer = torch.optim.Adam(mpl.world_model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = world_model_loss(mpl.world_model, x[rows], mb[Columns.ACTIONS][rows], next_x[rows])
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        mpl.world_model.log_std.sub_(2.0)
+    stats = pipeline[position].process_module_batch(mpl, mb)
+    assert stats[MI_TEMPERATURE] < 1.0  # the trained model is overconfident about which action acted
+    assert stats[MI_ESTIMATE_MEAN] >= -0.005, stats
+    assert stats[MI_ESTIMATE_MEAN] <= stats[MI_CEILING_MEAN] + 0.02, stats
+    print({k: round(v, 4) for k, v in stats.items()})
+    assert stats[MI_ESTIMATE_UNTEMPERED_MEAN] < 0, stats

@@ -7,11 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from amal_rllib.core.cem import CEMPopulation, distance_penalised_fitness
+from amal_rllib.core.cem import CEMPopulation, GenerationLedger, distance_penalised_fitness
 from amal_rllib.core.mi import (
+    action_log_posterior,
+    fit_likelihood_temperature,
     fused_sequential_forward,
     masked_log_policy,
     mi_estimate,
+    mi_estimate_parts,
     mi_estimate_reference,
     normalised_bonus,
     sample_parameter_noise,
@@ -265,10 +268,124 @@ def test_distance_penalised_fitness():
     assert np.allclose(fitness, [1.0 - 2.5, 2.0])
 
 
-def test_mi_runs_where_the_actor_lives():
-    actor, params = actor_and_params()
-    obs, mask, log_lik = random_batch()
+def _mi_on(device):
+    actor, _ = actor_and_params()
+    actor = actor.to(device)
+    params = {name: p.detach() for name, p in actor.named_parameters()}
+    obs, mask, log_lik = (t.to(device) for t in random_batch())
     noise = sample_parameter_noise(params, 2, 3, 0.1)
-    assert all(e.device == obs.device for e in noise.values())
-    assert isinstance(actor, nn.Module)
-    assert mi_estimate(actor, params, noise, obs, mask, log_lik).device == obs.device
+    assert all(e.device.type == torch.device(device).type for e in noise.values())
+    return mi_estimate(actor, params, noise, obs, mask, log_lik)
+
+
+def test_mi_never_creates_a_tensor_off_the_actors_device():
+    """On the "meta" device any tensor the estimator made on the CPU (a missing ``device=``) raises, as
+    it would on CUDA; so this runs the device check without a GPU."""
+    out = _mi_on("meta")
+    assert out.device.type == "meta" and out.shape == (40,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the meta-device test covers the CPU-only case)")
+def test_mi_runs_on_cuda_and_equals_the_cpu_result():
+    torch.testing.assert_close(_mi_on("cuda").cpu(), _mi_on("cpu"), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- CEM generation bookkeeping
+def test_generation_ledger_plays_a_generation_in_shares_and_tells_once():
+    ledger = GenerationLedger()
+    assert ledger.needs_generation() and not ledger.ready_to_tell()
+    offsets = np.arange(8.0).reshape(4, 2)
+    ledger.new_generation(offsets)
+    first = ledger.take(3)
+    assert first == [0, 1, 2] and ledger.queue == [3]
+    ledger.launch(first, offsets[first] + 10.0)
+    with pytest.raises(RuntimeError, match="still playing"):
+        ledger.launch([3], offsets[[3]])
+    assert ledger.collect({0, 2}) == [1]  # candidate 1's runner died: queued again, first
+    assert ledger.queue == [1, 3] and not ledger.in_flight
+    ledger.score([0, 2], [1.0, 2.0], [0.1, 0.2])
+    assert not ledger.ready_to_tell()
+    second = ledger.take(5)
+    ledger.launch(second, offsets[second] + 10.0)
+    ledger.collect(set(second))
+    ledger.score(second, [3.0, 4.0], [0.3, 0.4])
+    assert ledger.ready_to_tell() and ledger.unscored() == 0
+    np.testing.assert_array_equal(ledger.params, offsets + 10.0)
+    ledger.mark_told()
+    assert not ledger.ready_to_tell() and ledger.needs_generation()
+
+
+def test_generation_ledger_state_requeues_candidates_in_flight():
+    ledger = GenerationLedger()
+    ledger.new_generation(np.zeros((4, 3)))
+    ledger.launch(ledger.take(2), np.ones((2, 3)))
+    state = ledger.get_state()
+    restored = GenerationLedger()
+    restored.set_state(state)
+    assert restored.queue == [0, 1, 2, 3] and restored.in_flight == [] and not restored.told
+    ledger.collect({0, 1})
+    ledger.score([0, 1], [1.0, 1.0], [0.0, 0.0])
+    ledger.give_back(ledger.take(2))  # no runner: nothing launched, order kept
+    assert ledger.queue == [2, 3]
+    # A checkpoint of an older layout (no "told" flag) of a fully scored generation counts as told.
+    old = {k: v for k, v in state.items() if k != "generation_told"} | {"generation_fitness": np.ones(4)}
+    restored.set_state(old)
+    assert restored.told
+
+
+# --------------------------------------------------------------------------- a misspecified world model
+def _equivalent_actions_toy(sigma: float, n: int = 4096):
+    """Actions 0 and 1 have the same effect on o' (a stop and an attack that does not fire); action 2
+    another. The policy is peaked (entropy ~0.38, mostly action 0). The world model's heads carry small
+    errors of their own, so a model sure of itself (small ``sigma``) picks one of the two equivalent heads
+    at random: the posterior collapses onto the wrong one on ~half of those rows."""
+    torch.manual_seed(0)
+    d, a = 8, 3
+    actor = build_mlp(d, (32, 32), a, layer_norm=True, out_gain=1.0)
+    with torch.no_grad():
+        actor[-1].bias.copy_(torch.tensor([3.0, -1.0, 0.0]))
+    params = {name: p.detach() for name, p in actor.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(n, d, generator=g)
+    mask = torch.ones(n, a)
+    with torch.no_grad():
+        log_pi = masked_log_policy(actor(obs), mask)
+    actions = torch.multinomial(log_pi.exp(), 1, generator=g).squeeze(1)
+    v = torch.randn(d, generator=g)
+    effect = torch.stack([v, v, -v])
+    next_obs = obs + effect[actions] + 0.3 * torch.randn(n, d, generator=g)
+    means = obs[:, None] + effect[None] + 0.3 * torch.randn(n, a, d, generator=g)
+    log_lik = gaussian_log_prob(next_obs, means, torch.full((d,), math.log(sigma)))
+    noise = sample_parameter_noise(params, math.ceil(n / 64), 10, 0.3, generator=torch.Generator().manual_seed(2))
+    return actor, params, noise, obs, mask, log_pi, log_lik, actions
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.3, 0.1, 0.03])
+def test_calibrated_mi_stays_in_zero_to_kl_where_the_plain_estimate_turns_negative(sigma):
+    actor, params, noise, obs, mask, log_pi, log_lik, actions = _equivalent_actions_toy(sigma)
+    tau = fit_likelihood_temperature(log_pi, log_lik, actions)
+    with torch.no_grad():
+        parts = mi_estimate_parts(actor, params, noise, obs, mask, log_lik, actions, tau)
+    ceiling = float(parts.ceiling.mean())
+    assert ceiling > 0.1
+    # Calibrated: the batch mean lies in [0, KL(pi || pibar)] (a little noise allowed) at every sigma.
+    assert -0.01 <= float(parts.estimate.mean()) <= ceiling + 0.01
+    plain = float(parts.untempered.mean())
+    if sigma <= 0.3:  # Proposition 1 as written: the sign flips once the model is sure of itself
+        assert plain < -0.1
+    else:
+        assert plain > 0
+    if sigma <= 0.1:
+        assert tau < 0.05  # the fitted temperature discounts an overconfident likelihood
+
+
+def test_fitted_temperature_maximises_the_held_out_log_posterior_of_the_taken_actions():
+    *_, log_pi, log_lik, actions = _equivalent_actions_toy(0.1)
+    tau = fit_likelihood_temperature(log_pi, log_lik, actions)
+
+    def score(t):
+        return float(action_log_posterior(log_pi, log_lik, t).gather(1, actions[:, None]).mean())
+
+    assert score(tau) >= max(score(tau * 0.5), score(tau * 2.0), score(1.0), score(0.0))
+    # Temperature 0 ignores the model: the posterior is the policy, and I_hat is exactly 0.
+    torch.testing.assert_close(action_log_posterior(log_pi, log_lik, 0.0), log_pi)

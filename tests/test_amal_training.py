@@ -1,6 +1,7 @@
 """Real AMAL training on SMAX 3m with auxiliary env runners (local Ray)."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
         # Iteration 1 sends candidates 0, 1 of generation 1 out; iteration 2 collects them and sends 2, 3
         # (drawn around the actor after update 1); iteration 3 collects 2, 3 and completes the generation.
         results = [summarize_amal_result(algo.train())]
-        assert results[0][ENV_STEPS_AUX] == 0 and algo._aux_in_flight == [0, 1]
+        assert results[0][ENV_STEPS_AUX] == 0 and algo._ledger.in_flight == [0, 1]
         phi_at_launch = algo._phi()
         results.append(summarize_amal_result(algo.train()))
         raw = algo.train()
@@ -92,7 +93,7 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
             assert np.allclose(own, stored, atol=1e-5), "every step was played by the candidate"
             primary, _ = actor_logp(phi, algo._actor_layout, episodes)
             assert not np.allclose(primary, stored, atol=1e-3)
-        assert algo._aux_in_flight == [0, 1]  # generation 2 is out while the checkpoint below is taken
+        assert algo._ledger.in_flight == [0, 1]  # generation 2 is out while the checkpoint below is taken
         runner_weights = algo.aux_env_runner_group.foreach_env_runner(
             lambda r: r.module[SHARED_POLICY].actor[1].weight.detach().numpy().copy(), local_env_runner=False
         )
@@ -109,7 +110,7 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
         assert last[CEM_GENERATION] == 1 and math.isfinite(last[CEM_BEST_FITNESS])
         for name in (
             "win_rate",
-            "episode_return_mean",
+            "team_return_mean",
             "policy_loss",
             "vf_loss",
             "entropy",
@@ -139,7 +140,7 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
         assert restored.cem.generation == cem_state["generation"]
         restored_wm = restored.learner_group._learner.module[SHARED_POLICY].world_model.state_dict()
         assert all(torch.equal(wm[k], restored_wm[k]) for k in wm)
-        assert restored._generation_queue == [0, 1, 2, 3]  # the candidates that were out are played again
+        assert restored._ledger.queue == [0, 1, 2, 3]  # the candidates that were out are played again
         restored.train()
         again = summarize_amal_result(restored.train())
         assert [r.candidate for r in restored.last_aux_rollouts] == [0, 1]
@@ -176,3 +177,48 @@ def test_amal_under_tune_reserves_and_uses_its_auxiliary_runners(ray_local, tmp_
     metrics = result.metrics
     assert metrics[ENV_STEPS_AUX] > 0
     assert metrics[ENV_STEPS_TOTAL_LIFETIME] == metrics[ENV_STEPS_PRIMARY_LIFETIME] + metrics[ENV_STEPS_AUX_LIFETIME]
+
+
+def test_a_hung_auxiliary_runner_is_restarted_and_its_candidates_played_again(ray_local, caplog):
+    config = amal_config(
+        "3m",
+        num_env_runners=0,
+        num_envs_per_env_runner=4,
+        train_batch_size=200,
+        evaluation_interval=None,
+        num_aux_env_runners=1,
+        cem_population_size=4,
+        evolution_frequency=2,
+        aux_collect_timeout_s=3.0,
+        seed=0,
+    ).training(num_epochs=1)
+    def hang_next_sample(runner):
+        """On an auxiliary runner: its next ``sample`` call never returns (a stuck env or simulator).
+        (Nested, so Ray ships it by value to the runner process.)"""
+        import time
+
+        def stuck(*args, **kwargs):
+            time.sleep(3600)
+
+        runner.sample = stuck
+
+    algo = config.build_algo()
+    try:
+        algo.aux_env_runner_group.foreach_env_runner(hang_next_sample, local_env_runner=False)
+        algo.train()  # launches candidates 0, 1 on the (now stuck) runner
+        assert algo._ledger.in_flight == [0, 1]
+        with caplog.at_level("WARNING", logger="amal_rllib.amal.algorithm"):
+            result = summarize_amal_result(algo.train())  # would block forever without the timeout
+        assert "did not answer within aux_collect_timeout_s=3.0" in caplog.text
+        assert result[ENV_STEPS_AUX] == 0
+        assert algo._ledger.queue[:2] == [0, 1]  # queued again, first
+        # Ray restarts the runner (a fresh process, no stuck sample): the candidates are played and scored.
+        # (A restart re-imports JAX and compiles SMAX: ~10-30 s, while training goes on without auxiliary data.)
+        aux_steps, deadline = 0.0, time.monotonic() + 180
+        while time.monotonic() < deadline:
+            aux_steps += summarize_amal_result(algo.train())[ENV_STEPS_AUX]
+            if np.isfinite(algo._ledger.fitness[[0, 1]]).all():
+                break
+        assert aux_steps > 0 and np.isfinite(algo._ledger.fitness[[0, 1]]).all()
+    finally:
+        algo.stop()

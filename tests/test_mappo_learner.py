@@ -4,12 +4,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from toy_envs import CoordinationEnv
 
+from amal_rllib.callbacks import BattleMetricsCallback
 from amal_rllib.mappo import MAPPOConfig, MAPPOTorchRLModule
-from amal_rllib.mappo.config import SHARED_POLICY
+from amal_rllib.mappo.config import MAPPO_PAPER_SETTINGS, SHARED_POLICY
 
 OBS_DIM, STATE_DIM, N_ACTIONS = 6, 9, 5
 
@@ -128,23 +130,43 @@ def env_batch(n=64, seed=0):
 
 
 def test_dead_agents_are_masked_out_of_the_loss(learner):
+    """Whatever a dead agent's row holds (observation, state, action, behaviour log-prob, advantage,
+    value target), the loss and every gradient are the same: dead rows count in no term."""
     config, lrn = learner
     batch = env_batch()
-    state = lrn.module[SHARED_POLICY].value_norm.state_dict()
+    value_norm = lrn.module[SHARED_POLICY].value_norm
+    state = value_norm.state_dict()
     loss, grads = loss_and_grads(config, lrn, batch)
-    lrn.module[SHARED_POLICY].value_norm.load_state_dict(state)
+    after_first = value_norm.state_dict()
+    value_norm.load_state_dict(state)
     dead = batch[Columns.OBS]["alive"][:, 0] == 0
-    assert dead.any()
-    other = {**batch}
-    other[Postprocessing.ADVANTAGES] = torch.where(dead, torch.full_like(batch[Postprocessing.ADVANTAGES], 99.0),
-                                                   batch[Postprocessing.ADVANTAGES])
-    other[Postprocessing.VALUE_TARGETS] = batch[Postprocessing.VALUE_TARGETS].clone()
-    other[Columns.ACTIONS] = torch.where(dead, torch.zeros_like(batch[Columns.ACTIONS]), batch[Columns.ACTIONS])
+    assert dead.any() and (~dead).any()
+    g = torch.Generator().manual_seed(7)
+
+    def scramble(x, scale=50.0):
+        noise = torch.randn(x.shape, generator=g) * scale
+        rows = dead.reshape((-1,) + (1,) * (x.dim() - 1))
+        return torch.where(rows, x + noise.to(x.dtype), x)
+
+    other = {**batch, Columns.OBS: {**batch[Columns.OBS]}}
+    other[Columns.OBS]["obs"] = scramble(batch[Columns.OBS]["obs"])
+    other[Columns.OBS]["state"] = scramble(batch[Columns.OBS]["state"])
+    other[Columns.ACTIONS] = torch.where(dead, (batch[Columns.ACTIONS] + 1) % 4, batch[Columns.ACTIONS])
+    other[Columns.ACTION_LOGP] = scramble(batch[Columns.ACTION_LOGP], 2.0)
+    other[Postprocessing.ADVANTAGES] = scramble(batch[Postprocessing.ADVANTAGES])
+    other[Postprocessing.VALUE_TARGETS] = scramble(batch[Postprocessing.VALUE_TARGETS])
+    for key in ("obs", "state"):
+        assert not torch.equal(other[Columns.OBS][key], batch[Columns.OBS][key])
+    assert not torch.equal(other[Postprocessing.VALUE_TARGETS], batch[Postprocessing.VALUE_TARGETS])
     loss2, grads2 = loss_and_grads(config, lrn, other)
-    lrn.module[SHARED_POLICY].value_norm.load_state_dict(state)
-    assert torch.allclose(loss, loss2)
+    # The value normaliser's running statistics see alive targets only, too.
+    for key, value in value_norm.state_dict().items():
+        torch.testing.assert_close(value, after_first[key], msg=key)
+    value_norm.load_state_dict(state)
+    torch.testing.assert_close(loss, loss2)
+    assert grads.keys() == grads2.keys()
     for name in grads:
-        assert torch.allclose(grads[name], grads2[name]), name
+        torch.testing.assert_close(grads[name], grads2[name], msg=name)
 
 
 def test_loss_is_finite_and_reaches_actor_and_critic(learner):
@@ -164,6 +186,11 @@ def test_loss_is_finite_and_reaches_actor_and_critic(learner):
         ({"value_norm_beta": 1.0}, "value_norm_beta"),
         ({"lambda_": 1.5}, "lambda_"),
         ({"lr": -1.0}, "lr"),
+        ({"lr": [[0, 1e-3], [100, -1.0]], "lr_anneal_env_steps": None}, "lr"),
+        ({"lr": [[10, 1e-3], [100, 0.0]], "lr_anneal_env_steps": None}, "timestep"),
+        ({"lr_anneal_env_steps": 0}, "lr_anneal_env_steps"),
+        ({"use_kl_loss": True}, "use_kl_loss"),
+        ({"vf_clip_param": 10.0}, "vf_clip_param"),
     ],
 )
 def test_invalid_config_values_are_rejected(kwargs, match):
@@ -172,12 +199,37 @@ def test_invalid_config_values_are_rejected(kwargs, match):
         config.validate()
 
 
-def test_defaults_follow_the_mappo_paper():
+def test_lr_schedules_are_accepted():
+    MAPPOConfig().environment(CoordinationEnv).training(lr=[[0, 2e-3], [1000, 0.0]], lr_anneal_env_steps=None).validate()
+    with pytest.raises(ValueError, match="give one of them"):
+        MAPPOConfig().environment(CoordinationEnv).training(lr=[[0, 2e-3], [1000, 0.0]]).validate()
+
+
+class _UserCallback(RLlibCallback):
+    pass
+
+
+def test_user_callbacks_run_beside_the_battle_metrics():
+    config = MAPPOConfig().environment(CoordinationEnv).callbacks(_UserCallback)
+    assert config.callbacks_class == [BattleMetricsCallback, _UserCallback]
+    config.validate()
+    config.callbacks([_UserCallback, BattleMetricsCallback])  # already there: kept as given
+    assert config.callbacks_class == [_UserCallback, BattleMetricsCallback]
+    config.callbacks_class = _UserCallback  # set around callbacks(): validate() says what to do
+    with pytest.raises(ValueError, match="lacks BattleMetricsCallback"):
+        config.validate()
+
+
+def test_defaults_are_jaxmarls_smax_settings_and_the_papers_stay_reachable():
     config = MAPPOConfig()
-    assert (config.lr, config.clip_param, config.entropy_coeff, config.gamma, config.lambda_) == (
-        5e-4, 0.2, 0.01, 0.99, 0.95)
-    assert config.grad_clip == 10.0 and config.huber_delta == 10.0 and config.use_value_norm
-    assert config.actor_hidden == (64, 64) and config.use_layer_norm
+    assert (config.lr, config.lr_anneal_env_steps, config.clip_param, config.entropy_coeff) == (2e-3, 2_000_000, 0.2, 0.0)
+    assert (config.gamma, config.lambda_, config.vf_loss_coeff, config.grad_clip, config.num_epochs) == (
+        0.99, 0.95, 0.5, 0.25, 4)
+    assert config.actor_hidden == (128, 128) and not config.use_layer_norm and config.use_value_norm
+    assert config.lr_or_schedule() == [[0, 2e-3], [2_000_000, 0.0]]  # annealed linearly to 0
+    paper = MAPPOConfig().training(**MAPPO_PAPER_SETTINGS)
+    assert (paper.lr, paper.entropy_coeff, paper.grad_clip, paper.num_epochs) == (5e-4, 0.01, 10.0, 5)
+    assert paper.actor_hidden == (64, 64) and paper.use_layer_norm and paper.lr_or_schedule() == 5e-4
 
 
 def test_team_env_runner_returns_numpy_episodes_once():

@@ -9,9 +9,9 @@ from amal_rllib.metrics import (
     ENV_STEPS_SAMPLED,
     ENV_STEPS_SAMPLED_LIFETIME,
     EPISODE_LEN_MEAN,
-    EPISODE_RETURN_MEAN,
     EVAL_WIN_RATE,
     POLICY_LOSS,
+    TEAM_RETURN_MEAN,
     VF_LOSS,
     WIN_RATE,
     summarize_result,
@@ -32,7 +32,7 @@ def test_mappo_smax_3m_trains_checkpoints_and_resumes(ray_local, tmp_path):
     try:
         first = summarize_result(algo.train())
         second = summarize_result(algo.train())
-        for key in (WIN_RATE, EPISODE_RETURN_MEAN, EPISODE_LEN_MEAN, ENV_STEPS_SAMPLED, POLICY_LOSS, VF_LOSS, ENTROPY):
+        for key in (WIN_RATE, TEAM_RETURN_MEAN, EPISODE_LEN_MEAN, ENV_STEPS_SAMPLED, POLICY_LOSS, VF_LOSS, ENTROPY):
             assert math.isfinite(second[key]), (key, second)
         assert 0.0 <= second[WIN_RATE] <= 1.0
         assert 0.0 <= second[EVAL_WIN_RATE] <= 1.0  # greedy evaluation ran on iteration 2

@@ -8,7 +8,7 @@ import pytest
 from toy_envs import CoordinationEnv
 
 from amal_rllib.mappo import MAPPOConfig
-from amal_rllib.metrics import EPISODE_RETURN_MEAN, summarize_result
+from amal_rllib.metrics import TEAM_RETURN_MEAN, summarize_result
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ def test_mappo_learns_a_tiny_cooperative_task(ray_local):
     )
     algo = config.build_algo()
     try:
-        returns = [summarize_result(algo.train())[EPISODE_RETURN_MEAN] for _ in range(10)]
+        returns = [summarize_result(algo.train())[TEAM_RETURN_MEAN] for _ in range(10)]
     finally:
         algo.stop()
     assert all(math.isfinite(r) for r in returns)

@@ -27,7 +27,7 @@ def test_killed_primary_and_auxiliary_env_runners_are_restarted_and_training_goe
     try:
         algo.train()
         algo.train()  # candidates of this iteration are out on the auxiliary runner now
-        in_flight = list(algo._aux_in_flight)
+        in_flight = list(algo._ledger.in_flight)
         generation_before = algo.cem.generation
         assert in_flight
         primary = _actors(algo.env_runner_group)
@@ -56,7 +56,7 @@ def test_killed_primary_and_auxiliary_env_runners_are_restarted_and_training_goe
         # (CEM refits only when every candidate of a generation has a fitness, so a later generation means
         # they were scored; within the same generation their fitness must be there.)
         assert algo.cem.generation > generation_before or all(
-            math.isfinite(algo._generation_fitness[c]) for c in in_flight
+            math.isfinite(algo._ledger.fitness[c]) for c in in_flight
         )
     finally:
         algo.stop()

@@ -32,6 +32,7 @@ import math
 from typing import Any
 
 import numpy as np
+import ray
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.utils.metrics import (
@@ -47,7 +48,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
-from ..core.cem import CEMPopulation, distance_penalised_fitness
+from ..core.cem import CEMPopulation, GenerationLedger, distance_penalised_fitness
 from ..mappo.algorithm import MAPPO
 from ..mappo.config import SHARED_POLICY
 from ..metrics import (
@@ -163,12 +164,7 @@ class AMAL(MAPPO):
         cfg: AMALConfig = self.config
         self._aux_buffer = AuxiliaryBuffer(cfg.aux_buffer_capacity, seed=cfg.seed)
         self._aux_env_steps_lifetime = 0
-        self._generation: np.ndarray | None = None  # offsets delta [N, P] asked from CEM
-        self._candidate_params: np.ndarray | None = None  # phi_t + delta as each candidate played
-        self._generation_fitness: np.ndarray | None = None
-        self._generation_novelty: np.ndarray | None = None
-        self._generation_queue: list[int] = []
-        self._aux_in_flight: list[int] = []  # candidates sent to the auxiliary runners, not yet collected
+        self._ledger = GenerationLedger()  # the current CEM generation's candidates: queued, playing, scored
         self.last_aux_rollouts: list[AuxRollout] = []  # what the last collection brought back
         phi, self._actor_layout, self._learner_device = self._on_learner(
             functools.partial(_actor_snapshot, module_id=SHARED_POLICY)
@@ -209,6 +205,7 @@ class AMAL(MAPPO):
 
     # --------------------------------------------------------------- training
     def training_step(self) -> None:
+        """Sample primary, mix auxiliary, update, evolve, sync (see the module docstring)."""
         cfg: AMALConfig = self.config
         if self.aux_env_runner_group is not None:
             # RLlib restores (probes and re-syncs) only its own groups; a restarted auxiliary runner is
@@ -216,7 +213,19 @@ class AMAL(MAPPO):
             self.restore_env_runners(self.aux_env_runner_group)
             if cfg.aux_rollout_overlap == "sampling":
                 self._timed_launch()
+        episodes = self._sample_primary()
+        if not episodes:
+            return
+        aux_steps = self._timed_collect() if self._ledger.in_flight else 0  # evolve: score, store, refit CEM
+        aux_episodes = self._draw_auxiliary(env_steps(episodes))
+        if self.aux_env_runner_group is not None and cfg.aux_rollout_overlap == "learner":
+            self._timed_launch()  # plays while the learner below works; collected next iteration
+        learner_results = self._update(episodes, aux_episodes, aux_steps)
+        self._sync_primary_weights(learner_results)
+        self._log_env_steps(aux_steps)
 
+    def _sample_primary(self) -> list:
+        cfg: AMALConfig = self.config
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             episodes, env_runner_results = synchronous_parallel_sample(
                 worker_set=self.env_runner_group,
@@ -225,32 +234,35 @@ class AMAL(MAPPO):
                 _uses_new_env_runners=True,
                 _return_metrics=True,
             )
-            if not episodes:
-                return
-            self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+            if episodes:
+                self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        return episodes
 
-        aux_steps = 0
-        if self._aux_in_flight:
-            with self.metrics.log_time((TIMERS, AUX_COLLECT_TIMER), reduce="mean", window=1):
-                aux_steps = self._collect_aux_rollouts()
-        aux_episodes: list = []
-        if cfg.aux_ratio > 0 and len(self._aux_buffer):
-            wanted = round(env_steps(episodes) * cfg.aux_ratio / (1.0 - cfg.aux_ratio))
-            with self.metrics.log_time((TIMERS, AUX_BUFFER_SAMPLE_TIMER), reduce="mean", window=1):
-                aux_episodes = self._aux_buffer.sample(wanted)
-        if self.aux_env_runner_group is not None and cfg.aux_rollout_overlap == "learner":
-            self._timed_launch()  # plays while the learner below works; collected next iteration
+    def _timed_collect(self) -> int:
+        with self.metrics.log_time((TIMERS, AUX_COLLECT_TIMER), reduce="mean", window=1):
+            return self._collect_aux_rollouts()
+
+    def _draw_auxiliary(self, primary_steps: int) -> list:
+        """``aux_ratio`` of the mixed batch from the auxiliary buffer (whole episodes)."""
+        cfg: AMALConfig = self.config
+        if cfg.aux_ratio <= 0 or not len(self._aux_buffer):
+            return []
+        wanted = round(primary_steps * cfg.aux_ratio / (1.0 - cfg.aux_ratio))
+        with self.metrics.log_time((TIMERS, AUX_BUFFER_SAMPLE_TIMER), reduce="mean", window=1):
+            return self._aux_buffer.sample(wanted)
+
+    def _update(self, episodes: list, aux_episodes: list, aux_steps: int):
+        cfg: AMALConfig = self.config
         minibatch_size, num_minibatches = mixed_minibatches(
             cfg.minibatch_size, cfg.num_epochs, learner_rows(episodes), learner_rows(aux_episodes)
         )
-
+        primary = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME))
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             learner_results = self.learner_group.update(
                 episodes=list(episodes) + aux_episodes,
                 timesteps={
-                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
-                        (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)
-                    ),
+                    # Schedules (lr, entropy) follow the budget key: total env steps, auxiliary ones included.
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: primary + self._aux_env_steps_lifetime + aux_steps,
                     NUM_MODULE_STEPS_TRAINED_LIFETIME: self.metrics.peek(
                         (LEARNER_RESULTS, ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME), default=0
                     ),
@@ -261,13 +273,14 @@ class AMAL(MAPPO):
                 shuffle_batch_per_epoch=cfg.shuffle_batch_per_epoch,
             )
             self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+        return learner_results
 
+    def _sync_primary_weights(self, learner_results) -> None:
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
             modules = set(learner_results[0].keys()) - {ALL_MODULES}
             self.env_runner_group.sync_weights(
                 from_worker_or_learner_group=self.learner_group, policies=modules, inference_only=True
             )
-        self._log_env_steps(aux_steps)
 
     def _phi(self) -> np.ndarray:
         return self._on_learner(functools.partial(_actor_snapshot, module_id=SHARED_POLICY))[0]
@@ -277,7 +290,7 @@ class AMAL(MAPPO):
         return next(iter(self.learner_group.foreach_learner(func))).get()
 
     def _timed_launch(self) -> None:
-        if self._aux_in_flight:  # still out (an iteration that sampled nothing): one request at a time
+        if self._ledger.in_flight:  # still out (an iteration that sampled nothing): one request at a time
             return
         with self.metrics.log_time((TIMERS, AUX_LAUNCH_TIMER), reduce="mean", window=1):
             self._launch_aux_rollouts()
@@ -285,19 +298,17 @@ class AMAL(MAPPO):
     def _launch_aux_rollouts(self) -> None:
         """Send this iteration's share of the current generation to the auxiliary runners (no waiting)."""
         cfg: AMALConfig = self.config
-        if not self._generation_queue:
-            if self._generation_fitness is not None and np.isnan(self._generation_fitness).any():
+        ledger = self._ledger
+        if ledger.needs_generation():
+            if ledger.unscored():
                 logger.warning(
                     "CEM generation %d dropped: %d of %d candidates returned no rollouts (auxiliary runner failure?)",
-                    self.cem.generation + 1, int(np.isnan(self._generation_fitness).sum()), len(self._generation_fitness),
+                    self.cem.generation + 1,
+                    ledger.unscored(),
+                    len(ledger.fitness),
                 )
-            self._generation = self.cem.ask()
-            self._generation_fitness = np.full(len(self._generation), np.nan)
-            self._generation_novelty = np.full(len(self._generation), np.nan)
-            self._generation_queue = list(range(len(self._generation)))
-            self._candidate_params = np.full_like(self._generation, np.nan)
-        take = self._generation_queue[: cfg.candidates_per_iteration]
-        del self._generation_queue[: len(take)]
+            ledger.new_generation(self.cem.ask())
+        take = ledger.take(cfg.candidates_per_iteration)
         workers = self.aux_env_runner_group.healthy_worker_ids()
         if not workers:
             if not cfg.restart_failed_env_runners:
@@ -306,13 +317,13 @@ class AMAL(MAPPO):
                     "config.fault_tolerance(restart_failed_env_runners=True) to have failed runners restarted"
                 )
             logger.warning("no healthy auxiliary env runner (being restarted): candidates %s wait", take)
-            self._generation_queue[:0] = take
+            ledger.give_back(take)
             return
         assignments: dict[int, list] = {w: [] for w in workers}
         phi = self._phi()
+        params = phi[None, :] + ledger.offsets[take]
         for i, candidate in enumerate(take):
-            self._candidate_params[candidate] = phi + self._generation[candidate]
-            state = actor_state_from_flat(self._candidate_params[candidate], self._actor_layout)
+            state = actor_state_from_flat(params[i], self._actor_layout)
             assignments[workers[i % len(workers)]].append((candidate, state))
         sent = self.aux_env_runner_group.foreach_env_runner_async(
             functools.partial(
@@ -329,25 +340,47 @@ class AMAL(MAPPO):
                 f"{len(assignments) - sent} of {len(assignments)} auxiliary runners refused their candidates: an "
                 "earlier auxiliary request is still in flight (AMAL sends one at a time; this is a bug)"
             )
-        self._aux_in_flight = list(take)
+        ledger.launch(take, params)
+
+    def _fetch_aux_replies(self) -> list:
+        """The auxiliary runners' replies, waiting at most ``aux_collect_timeout_s``.
+
+        A runner still busy after that is taken as hung: it is killed, so Ray restarts it
+        (``restart_failed_env_runners``) and its candidates are played again elsewhere or later.
+        Without the timeout one hung runner would block training forever.
+        """
+        cfg: AMALConfig = self.config
+        group = self.aux_env_runner_group
+        replies = group.fetch_ready_async_reqs(tags=_AUX_TAG, timeout_seconds=cfg.aux_collect_timeout_s)
+        if group.num_in_flight_async_reqs(tag=_AUX_TAG) > 0:
+            manager = group._worker_manager
+            hung = sorted({actor_id for _, (tag, actor_id) in manager._in_flight_req_to_actor_id.items() if tag == _AUX_TAG})
+            logger.warning(
+                "auxiliary env runner(s) %s did not answer within aux_collect_timeout_s=%s s: restarting them; "
+                "their CEM candidates are queued again",
+                hung,
+                cfg.aux_collect_timeout_s,
+            )
+            for actor_id in hung:
+                ray.kill(manager._actors[actor_id], no_restart=False)  # Ray restarts it (max_restarts > 0)
+                manager.set_actor_state(actor_id, healthy=False)  # drops its in-flight request
+        return replies
 
     def _collect_aux_rollouts(self) -> int:
         """Wait for the auxiliary runners, score the candidates, fill the buffer; returns the aux env steps."""
         cfg: AMALConfig = self.config
-        replies = self.aux_env_runner_group.fetch_ready_async_reqs(tags=_AUX_TAG, timeout_seconds=None)
+        ledger = self._ledger
+        replies = self._fetch_aux_replies()
         played = [item for _, (items, _) in replies for item in items]
-        lost = [c for c in self._aux_in_flight if c not in {candidate for candidate, _ in played}]
-        self._aux_in_flight = []
+        lost = ledger.collect({candidate for candidate, _ in played})
         if lost:
-            # A runner died with its candidates (``restart_failed_env_runners`` brings it back): play them
-            # again, so the generation still completes.
+            # A runner died or hung with its candidates: they are played again, so the generation completes.
             logger.warning("auxiliary env runner failure: CEM candidates %s lost, queued again", lost)
-            self._generation_queue[:0] = lost
         runner_metrics = [metrics for _, (_, metrics) in replies]
         if runner_metrics:
             self.metrics.aggregate(runner_metrics, key=AUX_ENV_RUNNER_RESULTS)
         self.last_aux_rollouts = [
-            AuxRollout(c, self.cem.generation + 1, self._generation[c].copy(), self._candidate_params[c].copy(), eps)
+            AuxRollout(c, self.cem.generation + 1, ledger.offsets[c].copy(), ledger.params[c].copy(), eps)
             for c, eps in played
         ]
         if not played:
@@ -361,25 +394,25 @@ class AMAL(MAPPO):
         ids = np.array([candidate for candidate, _ in played])
         # ||params - phi_t|| = ||delta||: the distance to the primary actor the candidate was drawn around.
         fitness = distance_penalised_fitness(
-            np.asarray(novelty), self._generation[ids], np.zeros(self._generation.shape[1]), cfg.cem_beta_dist
+            np.asarray(novelty), ledger.offsets[ids], np.zeros(ledger.offsets.shape[1]), cfg.cem_beta_dist
         )
-        self._generation_novelty[ids] = novelty
         if not np.all(np.isfinite(fitness)):
             # A candidate without a single alive agent-step has no novelty to score: rank it last, and say so.
             logger.warning("CEM candidates %s had no scorable transitions; ranked last", ids[~np.isfinite(fitness)])
-        self._generation_fitness[ids] = np.where(np.isfinite(fitness), fitness, -1e9)
+        ledger.score(ids, np.where(np.isfinite(fitness), fitness, -1e9), novelty)
         steps = 0
         for _, episodes in played:
             self._aux_buffer.add(episodes)
             steps += env_steps(episodes)
-        if not self._generation_queue and not np.isnan(self._generation_fitness).any():
-            stats = self.cem.tell(self._generation, self._generation_fitness)
+        if ledger.ready_to_tell():
+            stats = self.cem.tell(ledger.offsets, ledger.fitness)
+            ledger.mark_told()
             for name, value in (
                 (CEM_BEST_FITNESS, stats.best_fitness),
                 (CEM_MEAN_FITNESS, stats.mean_fitness),
                 (CEM_SIGMA_NORM, stats.sigma_norm),
                 (CEM_GENERATION, float(stats.generation)),
-                (CEM_NOVELTY_MEAN, float(np.nanmean(self._generation_novelty))),
+                (CEM_NOVELTY_MEAN, float(np.nanmean(ledger.novelty))),
             ):
                 self.metrics.log_value(name, value, window=1)
             logger.debug("CEM generation %d: best fitness %.3f", stats.generation, stats.best_fitness)
@@ -406,12 +439,8 @@ class AMAL(MAPPO):
             state[STATE_KEY] = {
                 "aux_env_steps_lifetime": self._aux_env_steps_lifetime,
                 "cem": self.cem.get_state() if self.cem is not None else None,
-                "generation": None if self._generation is None else self._generation.copy(),
-                "candidate_params": None if self._candidate_params is None else self._candidate_params.copy(),
-                "generation_fitness": None if self._generation_fitness is None else self._generation_fitness.copy(),
-                "generation_novelty": None if self._generation_novelty is None else self._generation_novelty.copy(),
                 # Candidates still playing when the checkpoint is taken are played again after a restore.
-                "generation_queue": list(self._aux_in_flight) + list(self._generation_queue),
+                **self._ledger.get_state(),
             }
         return state
 
@@ -423,8 +452,4 @@ class AMAL(MAPPO):
         self._aux_env_steps_lifetime = int(amal["aux_env_steps_lifetime"])
         if self.cem is not None and amal["cem"] is not None:
             self.cem.set_state(amal["cem"])
-        self._generation = amal["generation"]
-        self._candidate_params = amal["candidate_params"]
-        self._generation_fitness = amal["generation_fitness"]
-        self._generation_novelty = amal["generation_novelty"]
-        self._generation_queue = list(amal["generation_queue"])
+        self._ledger.set_state(amal)

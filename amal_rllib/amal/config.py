@@ -96,6 +96,7 @@ _NUMERIC_BOUNDS: dict[str, tuple[type, float, float, bool, bool]] = {
     "aux_ratio": (float, 0.0, 1.0, True, False),
     "aux_buffer_capacity": (int, 1, math.inf, True, False),
     "aux_importance_clip": (float, 0.0, math.inf, False, False),
+    "aux_collect_timeout_s": (float, 0.0, math.inf, False, False),
 }
 
 #: Every ``.training(...)`` keyword AMAL adds to MAPPO's.
@@ -103,6 +104,7 @@ AMAL_KNOBS = (
     *_NUMERIC_BOUNDS,
     "world_model_hidden",
     "obs_id_dims",
+    "mi_temperature",
     "num_cpus_per_aux_env_runner",
     "aux_advantage_norm",
     "aux_rollout_overlap",
@@ -125,6 +127,9 @@ class AMALConfig(MAPPOConfig):
         self.perturbation_std = 0.05
         self.mi_samples_M = 256
         self.mi_policies_K = 10
+        #: Likelihood temperature of the action posterior in I_hat: None fits it on held-out rows of every
+        #: batch (calibrated); a number fixes it (1.0: Proposition 1 as written, the estimator before issue 14).
+        self.mi_temperature: float | None = None
         # Idea 1: world model, primary data only.
         self.world_model_hidden: tuple[int, ...] = (256, 256, 128)
         self.world_model_lr = 3e-4
@@ -136,6 +141,9 @@ class AMALConfig(MAPPOConfig):
         self.num_aux_env_runners = 1
         self.num_cpus_per_aux_env_runner = 1
         self.aux_episodes_per_candidate = 1
+        #: How long to wait for the auxiliary runners after primary sampling; a runner still busy then is
+        #: restarted and its candidates played again (a hung runner never blocks training).
+        self.aux_collect_timeout_s = 300.0
         self.cem_population_size = 50
         self.cem_elite_fraction = 0.3
         self.cem_init_sigma = 0.15
@@ -209,6 +217,20 @@ class AMALConfig(MAPPOConfig):
             errors.append(f"aux_advantage_norm={self.aux_advantage_norm!r}: must be one of {AUX_ADVANTAGE_NORMS}")
         if self.aux_rollout_overlap not in AUX_ROLLOUT_OVERLAPS:
             errors.append(f"aux_rollout_overlap={self.aux_rollout_overlap!r}: must be one of {AUX_ROLLOUT_OVERLAPS}")
+        if self.mi_temperature is not None and (
+            isinstance(self.mi_temperature, bool)
+            or not isinstance(self.mi_temperature, (int, float))
+            or not 0 <= self.mi_temperature < math.inf
+        ):
+            errors.append(
+                f"mi_temperature={self.mi_temperature!r}: must be None (fitted per batch) or a number >= 0 "
+                "(1.0: Proposition 1 as written)"
+            )
+        if self.count_steps_by != "env_steps":
+            errors.append(
+                f"count_steps_by={self.count_steps_by!r}: AMAL counts its budget (primary, auxiliary, total) in env "
+                "steps, one step of the whole team; set count_steps_by='env_steps'"
+            )
         if self.aux_ratio > 0 and self.num_aux_env_runners == 0:
             errors.append(
                 f"aux_ratio={self.aux_ratio} needs auxiliary rollouts: set num_aux_env_runners >= 1 or aux_ratio=0"

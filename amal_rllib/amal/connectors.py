@@ -34,7 +34,13 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
-from ..core.mi import masked_log_policy, mi_estimate, normalised_bonus, sample_parameter_noise
+from ..core.mi import (
+    fit_likelihood_temperature,
+    masked_log_policy,
+    mi_estimate_parts,
+    normalised_bonus,
+    sample_parameter_noise,
+)
 from ..core.world_model import action_log_likelihoods
 from ..envs.spec import ACTION_MASK_KEY, ALIVE_KEY, OBS_KEY
 from ..mappo.learner import SAMPLE_WEIGHT
@@ -44,9 +50,16 @@ from ..metrics import (
     INTRINSIC_EXTRINSIC_RATIO,
     MI_BONUS_MEAN,
     MI_BONUS_STD,
+    MI_CEILING_MEAN,
+    MI_DEATH_FRACTION,
+    MI_ESTIMATE_HIT_MEAN,
     MI_ESTIMATE_MEAN,
+    MI_ESTIMATE_MISS_MEAN,
     MI_ESTIMATE_POSITIVE_FRACTION,
     MI_ESTIMATE_STD,
+    MI_ESTIMATE_UNTEMPERED_MEAN,
+    MI_HIT_RATE,
+    MI_TEMPERATURE,
 )
 
 AUX_EPISODE_PREFIX = "amal-aux-"
@@ -73,10 +86,15 @@ def is_auxiliary_episode_id(episode_id: str) -> bool:
     return str(episode_id).startswith(AUX_EPISODE_PREFIX)
 
 
+def auxiliary_flag(sa_episode) -> float:
+    """1.0 for an agent's chunk of an auxiliary episode, else 0.0."""
+    return float(is_auxiliary_episode_id(sa_episode.multi_agent_episode_id or sa_episode.id_))
+
+
 class MarkAuxiliaryRows(ConnectorV2):
     def __call__(self, *, rl_module, batch, episodes, **kwargs) -> Any:
         for sa_episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
-            flag = float(is_auxiliary_episode_id(sa_episode.multi_agent_episode_id or sa_episode.id_))
+            flag = auxiliary_flag(sa_episode)
             self.add_n_batch_items(batch, AUXILIARY, [flag] * len(sa_episode), len(sa_episode), sa_episode)
         return batch
 
@@ -92,6 +110,7 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
         mi_samples_M: int,
         mi_policies_K: int,
         aux_importance_clip: float,
+        mi_temperature: float | None = None,
         seed: int | None = None,
         **kwargs,
     ) -> None:
@@ -101,6 +120,7 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
         self.mi_samples_M = int(mi_samples_M)
         self.mi_policies_K = int(mi_policies_K)
         self.aux_importance_clip = float(aux_importance_clip)
+        self.mi_temperature = None if mi_temperature is None else float(mi_temperature)
         self._seed = 0 if seed is None else int(seed)
         self._generators: dict[str, torch.Generator] = {}
 
@@ -135,30 +155,7 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
         stats: dict[str, float] = {AUX_SAMPLE_FRACTION: float((aux & real).sum() / real.sum().clamp_min(1))}
 
         if self.lambda_info > 0 and int(primary.sum()) >= 2:
-            idx = primary.nonzero().squeeze(1)
-            log_lik = action_log_likelihoods(module.world_model, x[idx], next_x[idx])
-            params = {name: p.detach() for name, p in module.actor.named_parameters()}
-            noise = sample_parameter_noise(
-                params,
-                math.ceil(idx.numel() / self.mi_samples_M),
-                self.mi_policies_K,
-                self.perturbation_std,
-                generator=self._generator(x.device),
-            )
-            mi = mi_estimate(module.actor, params, noise, x[idx], action_mask[idx], log_lik)
-            extrinsic = module_batch[Columns.REWARDS][idx].float()
-            bonus = normalised_bonus(mi, self.lambda_info, scale=float(extrinsic.std()))
-            rewards = module_batch[Columns.REWARDS].clone()
-            rewards[idx] += bonus.to(rewards.dtype)
-            module_batch[Columns.REWARDS] = rewards
-            stats |= {
-                MI_ESTIMATE_MEAN: float(mi.mean()),
-                MI_ESTIMATE_STD: float(mi.std()),
-                MI_ESTIMATE_POSITIVE_FRACTION: float((mi > 0).float().mean()),
-                MI_BONUS_MEAN: float(bonus.mean()),
-                MI_BONUS_STD: float(bonus.std()),
-                INTRINSIC_EXTRINSIC_RATIO: float(bonus.abs().sum() / extrinsic.abs().sum().clamp_min(1e-8)),
-            }
+            stats |= self._add_bonus(module, module_batch, x, next_x, action_mask, primary, alive)
 
         weights = torch.ones_like(real, dtype=torch.float32)
         aux_rows = aux & real
@@ -175,6 +172,67 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
             stats[AUX_IMPORTANCE_WEIGHT_MEAN] = float(ratio.mean())
         module_batch[SAMPLE_WEIGHT] = weights
         return stats
+
+    def _add_bonus(self, module, module_batch, x, next_x, action_mask, primary, alive) -> dict[str, float]:
+        """Idea 2 on the primary rows: ``I_hat`` at a calibrated likelihood temperature, scaled into the rewards.
+
+        Death transitions (alive at ``o``, dead at ``o'``: ``o'`` is the death mask whatever the
+        action) get no bonus and do not enter the temperature fit.
+        """
+        dying = primary & ~torch.roll(alive, shifts=-1, dims=0)
+        rows = (primary & ~dying).nonzero().squeeze(1)
+        stats = {MI_DEATH_FRACTION: float(dying.sum() / primary.sum())}
+        if rows.numel() < 2:
+            return stats
+        actions = module_batch[Columns.ACTIONS][rows].long()
+        log_lik = action_log_likelihoods(module.world_model, x[rows], next_x[rows])
+        params = {name: p.detach() for name, p in module.actor.named_parameters()}
+        if self.mi_temperature is None:
+            log_pi = masked_log_policy(module.actor(x[rows]), action_mask[rows])
+            temperature = cross_fitted_temperature(log_pi, log_lik, actions)
+        else:
+            temperature = self.mi_temperature
+        noise = sample_parameter_noise(
+            params,
+            math.ceil(rows.numel() / self.mi_samples_M),
+            self.mi_policies_K,
+            self.perturbation_std,
+            generator=self._generator(x.device),
+        )
+        parts = mi_estimate_parts(
+            module.actor, params, noise, x[rows], action_mask[rows], log_lik, actions, temperature
+        )
+        mi = parts.estimate
+        extrinsic = module_batch[Columns.REWARDS][rows].float()
+        bonus = normalised_bonus(mi, self.lambda_info, scale=float(extrinsic.std()))
+        rewards = module_batch[Columns.REWARDS].clone()
+        rewards[rows] += bonus.to(rewards.dtype)
+        module_batch[Columns.REWARDS] = rewards
+        hit = log_lik.argmax(dim=1) == actions
+        return stats | {
+            MI_ESTIMATE_MEAN: float(mi.mean()),
+            MI_ESTIMATE_STD: float(mi.std()),
+            MI_ESTIMATE_POSITIVE_FRACTION: float((mi > 0).float().mean()),
+            MI_BONUS_MEAN: float(bonus.mean()),
+            MI_BONUS_STD: float(bonus.std()),
+            INTRINSIC_EXTRINSIC_RATIO: float(bonus.abs().sum() / extrinsic.abs().sum().clamp_min(1e-8)),
+            MI_TEMPERATURE: float(temperature),
+            MI_HIT_RATE: float(hit.float().mean()),
+            MI_ESTIMATE_HIT_MEAN: float(mi[hit].mean()) if hit.any() else math.nan,
+            MI_ESTIMATE_MISS_MEAN: float(mi[~hit].mean()) if (~hit).any() else math.nan,
+            MI_CEILING_MEAN: float(parts.ceiling.mean()),
+            MI_ESTIMATE_UNTEMPERED_MEAN: float(parts.untempered.mean()),
+        }
+
+
+def cross_fitted_temperature(log_pi: torch.Tensor, log_lik: torch.Tensor, actions: torch.Tensor) -> float:
+    """:func:`fit_likelihood_temperature` on held-out rows: fitted on the even rows and on the odd ones,
+    each fit scored on the other half; returns the mean of the two fits."""
+    taus = []
+    for fold in (0, 1):
+        fit = torch.arange(log_pi.shape[0], device=log_pi.device) % 2 == fold
+        taus.append(fit_likelihood_temperature(log_pi[fit], log_lik[fit], actions[fit]))
+    return float(sum(taus) / len(taus))
 
 
 class PerSourceAdvantages(ConnectorV2):

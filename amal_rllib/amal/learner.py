@@ -16,9 +16,18 @@ from ray.rllib.core.columns import Columns
 
 from ..core.world_model import transition_nll, world_model_loss
 from ..envs.spec import OBS_KEY
+from ..learner_connector import TeamGAE
 from ..mappo.learner import MAPPOTorchLearner
 from ..metrics import WORLD_MODEL_LOSS, WORLD_MODEL_SAMPLES
-from .connectors import NEXT_OBS, WORLD_MODEL_MASK, AMALRewardsAndOffPolicy, MarkAuxiliaryRows, PerSourceAdvantages
+from .connectors import (
+    AUXILIARY,
+    NEXT_OBS,
+    WORLD_MODEL_MASK,
+    AMALRewardsAndOffPolicy,
+    MarkAuxiliaryRows,
+    PerSourceAdvantages,
+    auxiliary_flag,
+)
 
 WORLD_MODEL_OPTIMIZER = "world_model"
 
@@ -35,20 +44,28 @@ class AMALTorchLearner(MAPPOTorchLearner):
     def build(self) -> None:
         super().build()
         config = self.config
-        self._learner_connector.insert_after(AddOneTsToEpisodesAndTruncate, MarkAuxiliaryRows())
+        # Bulk pipeline: auxiliary rows are flagged while the batch is built (``episode_columns``);
+        # RLlib's: by ``MarkAuxiliaryRows`` after the bootstrap rows are added.
+        gae = TeamGAE if self.bulk_pipeline else GeneralAdvantageEstimation
+        if not self.bulk_pipeline:
+            self._learner_connector.insert_after(AddOneTsToEpisodesAndTruncate, MarkAuxiliaryRows())
         self._learner_connector.insert_before(
-            GeneralAdvantageEstimation,
+            gae,
             AMALRewardsAndOffPolicy(
                 lambda_info=config.lambda_info,
                 perturbation_std=config.perturbation_std,
                 mi_samples_M=config.mi_samples_M,
                 mi_policies_K=config.mi_policies_K,
                 aux_importance_clip=config.aux_importance_clip,
+                mi_temperature=config.mi_temperature,
                 seed=config.seed,
             ),
         )
         if config.aux_advantage_norm == "per_source":
-            self._learner_connector.insert_after(GeneralAdvantageEstimation, PerSourceAdvantages())
+            self._learner_connector.insert_after(gae, PerSourceAdvantages())
+
+    def episode_columns(self) -> dict:
+        return {AUXILIARY: auxiliary_flag}
 
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         module = self._module[module_id]
@@ -62,7 +79,7 @@ class AMALTorchLearner(MAPPOTorchLearner):
             module_id=module_id,
             optimizer=torch.optim.Adam(policy_params),
             params=policy_params,
-            lr_or_lr_schedule=config.lr,
+            lr_or_lr_schedule=config.lr_or_schedule(),
         )
         self.register_optimizer(
             module_id=module_id,

@@ -112,3 +112,112 @@ def distance_penalised_fitness(
 ) -> np.ndarray:
     """AMAL's fitness: ``novelty - beta * ||candidate - anchor||`` (``[N]``, ``[N, P]``, ``[P]`` -> ``[N]``)."""
     return np.asarray(novelty, dtype=np.float64) - beta * np.linalg.norm(candidates - anchor[None, :], axis=1)
+
+
+class GenerationLedger:
+    """Where each candidate of the current CEM generation stands: queued, playing, scored.
+
+    AMAL plays a generation over several iterations (``candidates_per_iteration``
+    at a time, on the auxiliary runners) and tells CEM once every candidate has a
+    fitness. A candidate whose runner failed is queued again (at the front), so a
+    generation still completes; a checkpoint taken while candidates are playing
+    queues them again on restore.
+
+    - ``offsets`` ``[N, P]``: the deltas CEM asked for (``None`` before the first generation);
+    - ``params`` ``[N, P]``: ``phi_t + delta`` as each candidate played (NaN until launched);
+    - ``fitness``, ``novelty`` ``[N]``: NaN until scored;
+    - ``queue``: not launched yet; ``in_flight``: launched, not collected.
+    """
+
+    def __init__(self) -> None:
+        self.offsets: np.ndarray | None = None
+        self.params: np.ndarray | None = None
+        self.fitness: np.ndarray | None = None
+        self.novelty: np.ndarray | None = None
+        self.queue: list[int] = []
+        self.in_flight: list[int] = []
+        self.told = False
+
+    def needs_generation(self) -> bool:
+        """Nothing left to launch or collect: the next launch starts a new generation."""
+        return not self.queue and not self.in_flight
+
+    def unscored(self) -> int:
+        """Candidates of the current generation without a fitness (a dropped generation when > 0 at its end)."""
+        return 0 if self.fitness is None else int(np.isnan(self.fitness).sum())
+
+    def new_generation(self, offsets: np.ndarray) -> None:
+        if self.in_flight:
+            raise RuntimeError(f"a new generation while candidates {self.in_flight} are still playing")
+        self.offsets = np.asarray(offsets, dtype=np.float64)
+        n = len(self.offsets)
+        self.params = np.full_like(self.offsets, np.nan)
+        self.fitness = np.full(n, np.nan)
+        self.novelty = np.full(n, np.nan)
+        self.queue = list(range(n))
+        self.told = False
+
+    def take(self, k: int) -> list[int]:
+        """The next ``k`` queued candidates (fewer at the end of a generation), removed from the queue."""
+        taken = self.queue[:k]
+        del self.queue[: len(taken)]
+        return taken
+
+    def give_back(self, candidates: list[int]) -> None:
+        """Candidates taken but not launched (no runner to play them): first in the queue again."""
+        self.queue[:0] = list(candidates)
+
+    def launch(self, candidates: list[int], params: np.ndarray) -> None:
+        if self.in_flight:
+            raise RuntimeError(f"candidates {self.in_flight} are still playing; collect them first")
+        self.params[candidates] = params
+        self.in_flight = list(candidates)
+
+    def collect(self, returned: set[int] | list[int]) -> list[int]:
+        """Ends the flight: returns the candidates that did not come back, queued again at the front."""
+        returned = set(returned)
+        lost = [c for c in self.in_flight if c not in returned]
+        self.in_flight = []
+        self.queue[:0] = lost
+        return lost
+
+    def score(self, candidates, fitness, novelty) -> None:
+        self.fitness[candidates] = fitness
+        self.novelty[candidates] = novelty
+
+    def ready_to_tell(self) -> bool:
+        """Every candidate scored and none told yet."""
+        return (
+            self.offsets is not None
+            and not self.told
+            and self.needs_generation()
+            and not np.isnan(self.fitness).any()
+        )
+
+    def mark_told(self) -> None:
+        self.told = True
+
+    def get_state(self) -> dict:
+        """Checkpoint state; candidates playing now are queued again (their results would be lost)."""
+
+        def copy(a):
+            return None if a is None else a.copy()
+
+        return {
+            "generation": copy(self.offsets),
+            "candidate_params": copy(self.params),
+            "generation_fitness": copy(self.fitness),
+            "generation_novelty": copy(self.novelty),
+            "generation_queue": list(self.in_flight) + list(self.queue),
+            "generation_told": self.told,
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.offsets = state["generation"]
+        self.params = state["candidate_params"]
+        self.fitness = state["generation_fitness"]
+        self.novelty = state["generation_novelty"]
+        self.queue = list(state["generation_queue"])
+        self.in_flight = []
+        # Checkpoints written before this flag: a generation with every fitness set was already told.
+        self.told = bool(state.get("generation_told", self.fitness is not None and not np.isnan(self.fitness).any()))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -170,22 +171,8 @@ def perturbed_log_policies(
     return masked_log_policy(logits, action_mask[:, None])
 
 
-def mi_estimate(
-    actor: nn.Module,
-    params: Params,
-    noise: Params,
-    obs: torch.Tensor,
-    action_mask: torch.Tensor,
-    log_lik: torch.Tensor,
-) -> torch.Tensor:
-    """``I_hat`` ``[B]`` for ``B`` transitions, chunk ``c`` using draws ``noise[name][c]``.
-
-    ``actor``: the policy network (its parameters are replaced by ``params`` +
-    noise); ``obs`` ``[B, Do]`` and ``action_mask`` ``[B, A]`` at ``o``;
-    ``log_lik`` ``[B, A]`` = ``log p_theta(o' | o, a)`` of the observed ``o'`` for
-    every action (see ``world_model.action_log_likelihoods``). ``B`` is padded
-    up to ``C * M`` with ``C`` = the noise's chunk count.
-    """
+def _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik):
+    """``log pi_k`` ``[C, K+1, M, A]`` and the centred log-likelihoods ``[C, M, A]``, ``B`` padded to ``C * M``."""
     num_chunks = next(iter(noise.values())).shape[0]
     batch = obs.shape[0]
     chunk = max(1, math.ceil(batch / num_chunks))
@@ -200,9 +187,101 @@ def mi_estimate(
     log_pis = perturbed_log_policies(
         actor, params, noise, obs.view(num_chunks, chunk, -1), action_mask.view(num_chunks, chunk, -1)
     )
-    log_p = mixture_log_prob(log_pis, centred.view(num_chunks, 1, chunk, -1))  # [C, K+1, M]
-    estimate = log_p[:, 0] - log_mean_exp(log_p[:, 1:], dim=1)  # [C, M]
-    return estimate.reshape(-1)[:batch]
+    return log_pis, centred.view(num_chunks, chunk, -1)
+
+
+def _estimate(log_pis: torch.Tensor, centred: torch.Tensor, temperature: float, batch: int) -> torch.Tensor:
+    log_p = mixture_log_prob(log_pis, centred[:, None] * temperature)  # [C, K+1, M]
+    return (log_p[:, 0] - log_mean_exp(log_p[:, 1:], dim=1)).reshape(-1)[:batch]
+
+
+def mi_estimate(
+    actor: nn.Module,
+    params: Params,
+    noise: Params,
+    obs: torch.Tensor,
+    action_mask: torch.Tensor,
+    log_lik: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """``I_hat`` ``[B]`` for ``B`` transitions, chunk ``c`` using draws ``noise[name][c]``.
+
+    ``actor``: the policy network (its parameters are replaced by ``params`` +
+    noise); ``obs`` ``[B, Do]`` and ``action_mask`` ``[B, A]`` at ``o``;
+    ``log_lik`` ``[B, A]`` = ``log p_theta(o' | o, a)`` of the observed ``o'`` for
+    every action (see ``world_model.action_log_likelihoods``). ``B`` is padded
+    up to ``C * M`` with ``C`` = the noise's chunk count. ``temperature`` ``tau``
+    tempers the likelihood (``p(o'|o,a)^tau``, see :func:`fit_likelihood_temperature`);
+    1.0 is Proposition 1 as written.
+    """
+    log_pis, centred = _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik)
+    return _estimate(log_pis, centred, temperature, obs.shape[0])
+
+
+@dataclass(frozen=True)
+class MIParts:
+    """``I_hat`` at the fitted temperature, at 1.0 (Proposition 1 as written), and the per-row ceiling
+    ``log pi(a*) - log pibar(a*)`` (``pibar`` the mean of the ``K`` perturbed policies, ``a*`` the action
+    taken), whose batch mean estimates ``KL(pi || pibar)``. All ``[B]``."""
+
+    estimate: torch.Tensor
+    untempered: torch.Tensor
+    ceiling: torch.Tensor
+
+
+def mi_estimate_parts(
+    actor: nn.Module,
+    params: Params,
+    noise: Params,
+    obs: torch.Tensor,
+    action_mask: torch.Tensor,
+    log_lik: torch.Tensor,
+    actions: torch.Tensor,
+    temperature: float,
+) -> MIParts:
+    """:func:`mi_estimate` at ``temperature`` and at 1.0, and the ceiling, from one batched actor pass."""
+    log_pis, centred = _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik)
+    batch = obs.shape[0]
+    flat = log_pis.permute(0, 2, 1, 3).reshape(-1, log_pis.shape[1], log_pis.shape[-1])[:batch]  # [B, K+1, A]
+    taken = flat.gather(2, actions.long().view(-1, 1, 1).expand(-1, flat.shape[1], 1)).squeeze(2)  # [B, K+1]
+    return MIParts(
+        estimate=_estimate(log_pis, centred, temperature, batch),
+        untempered=_estimate(log_pis, centred, 1.0, batch),
+        ceiling=taken[:, 0] - log_mean_exp(taken[:, 1:], dim=1),
+    )
+
+
+def action_log_posterior(log_pi: torch.Tensor, log_lik: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log post(a | o, o')`` ``[B, A]``, ``post(a) ∝ pi(a | o) p(o' | o, a)^temperature`` (invalid: ``-inf``)."""
+    joint = log_pi + temperature * torch.where(torch.isfinite(log_pi), log_lik, torch.zeros_like(log_lik))
+    return joint - torch.logsumexp(joint, dim=-1, keepdim=True)
+
+
+#: Temperatures :func:`fit_likelihood_temperature` considers (log-spaced; 0 means "ignore the model").
+TEMPERATURE_GRID = (0.0, *torch.logspace(-4, math.log10(4.0), 61).tolist())
+
+
+def fit_likelihood_temperature(
+    log_pi: torch.Tensor, log_lik: torch.Tensor, actions: torch.Tensor, grid=TEMPERATURE_GRID
+) -> float:
+    """The ``tau`` that maximises the mean ``log post_tau(a* | o, o')`` of the actions taken.
+
+    A calibrated action posterior: a diagonal Gaussian world model treats
+    correlated observation features (a unit's features vanishing together) as
+    independent evidence and is far too sure which action produced ``o'``;
+    ``tau`` is the single exponent that makes its action posterior as sure as
+    held-out transitions justify (concave in ``tau``; searched on ``grid``).
+    ``log_pi``, ``log_lik`` ``[B, A]``, ``actions`` ``[B]``.
+    """
+    if log_pi.shape[0] == 0:
+        return 1.0
+    idx = actions.long()[:, None]
+    best, best_tau = -math.inf, 1.0
+    for tau in grid:
+        score = float(action_log_posterior(log_pi, log_lik, tau).gather(1, idx).mean())
+        if score > best:
+            best, best_tau = score, float(tau)
+    return best_tau
 
 
 def mi_estimate_reference(

@@ -62,13 +62,19 @@ def scenario_n_agents(scenario: str = DEFAULT_SCENARIO, backend: str = DEFAULT_B
     return int(_program(scenario, {}).n_agents)
 
 
+#: ``env_config`` keys for the env runner, not the env.
+RUNNER_ENV_KEYS = ("vectorize", "fast_sampling")
+
+
 def env_creator(config: Mapping[str, Any] | None = None) -> MultiAgentEnv:
     """RLlib env creator: ``{"scenario": ..., "backend": ..., **env kwargs}`` (an EnvContext works).
 
-    ``vectorize`` is read by ``TeamEnvRunner`` (SMAX batched in one call), not by the env.
+    ``vectorize`` and ``fast_sampling`` are read by ``TeamEnvRunner`` (SMAX batched in one call,
+    the vectorised sampler), not by the env.
     """
     kwargs = dict(config or {})
-    kwargs.pop("vectorize", None)
+    for runner_key in RUNNER_ENV_KEYS:
+        kwargs.pop(runner_key, None)
     scenario = kwargs.pop("scenario", DEFAULT_SCENARIO)
     backend = kwargs.pop("backend", DEFAULT_BACKEND)
     return make_env(scenario, backend, **kwargs)

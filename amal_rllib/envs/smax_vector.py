@@ -7,6 +7,12 @@ step after an episode ends returns that env's first observation of a new
 episode, zero rewards and no done flags. Each sub-env's output is exactly what
 :class:`~amal_rllib.envs.smax.SMAXMultiAgentEnv` would return for the same
 episode key and actions (tested).
+
+The rollout sampler (:mod:`amal_rllib.rollout`) bypasses the per-env dicts:
+:meth:`SMAXVectorEnv.reset_packed` and :meth:`SMAXVectorEnv.step_packed` take
+and return whole arrays, with a "same step" auto-reset (the step that ends an
+episode also returns the first observation of the next one, as JaxMARL's own
+``step`` does), so no env step is spent on a reset.
 """
 
 from __future__ import annotations
@@ -62,9 +68,26 @@ class SMAXVectorEnv(VectorMultiAgentEnv):
 
             return pick(k1, k2), jax.tree.map(pick, s1, s2), pick(out, first)
 
+        n_agents = len(self._ids)
+
+        def step_same_step_reset(keys, states, actions, max_steps, seeds):
+            k1, s1, out = vstep(keys, states, actions, max_steps)
+            done = (out[:, n_agents, 1] > 0.5) | (out[:, n_agents, 2] > 0.5)
+            k2, s2, first = vreset(seeds)
+
+            def pick(stepped, fresh):
+                mask = done.reshape((-1,) + (1,) * (stepped.ndim - 1))
+                return jnp.where(mask, fresh, stepped)
+
+            # One array, one transfer: the step's rows, then the next observation (fresh where done).
+            next_obs = pick(out[:, :n_agents], first)
+            return pick(k1, k2), jax.tree.map(pick, s1, s2), jnp.concatenate([out, next_obs], axis=1)
+
         self._jax = jax
         self._vreset = jax.jit(vreset)
         self._vstep = jax.jit(step_or_reset)
+        self._vstep_packed = jax.jit(step_same_step_reset)
+        self._packed_rng = np.random.default_rng()
         self._rngs = [np.random.default_rng() for _ in range(self.num_envs)]
         self._keys = self._states = None
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
@@ -121,6 +144,45 @@ class SMAXVectorEnv(VectorMultiAgentEnv):
             truncations.append(trunc)
             infos.append(info)
         return observations, _objects(rewards), _objects(terminations), _objects(truncations), _objects(infos)
+
+    # Array API for the rollout sampler (same-step auto-reset, no per-env dicts).
+
+    @property
+    def n_agents(self) -> int:
+        return len(self._ids)
+
+    @property
+    def layout(self) -> tuple[slice, slice, slice, slice]:
+        """Column slices ``(obs, state, action_mask, alive)`` of a packed agent row."""
+        return self._layout
+
+    def reset_packed(self, seed: int | None = None) -> np.ndarray:
+        """Resets every env; returns the first observations ``[num_envs, n_agents, width]``."""
+        if seed is not None:
+            self._packed_rng = np.random.default_rng(seed)
+        seeds = self._packed_rng.integers(0, 2**32 - 1, size=self.num_envs, dtype=np.uint64).astype(np.uint32)
+        self._keys, self._states, packed = self._vreset(seeds)
+        self._autoreset[:] = False
+        return np.array(packed)
+
+    def step_packed(self, actions: np.ndarray) -> np.ndarray:
+        """Steps every env with ``actions`` ``[num_envs, n_agents]`` (ints; dead agents' are ignored).
+
+        Returns ``[num_envs, 2 * n_agents + 1, width]``: rows ``:n`` the observations after the
+        step, row ``n`` the scalars (reward, terminated, truncated, won, dead allies, dead
+        enemies), rows ``n + 1:`` the observations the policy sees next: the same as rows ``:n``,
+        or, where the episode ended, the first observation of a new episode (already reset).
+        """
+        if self._states is None:
+            raise RuntimeError("SMAXVectorEnv.step_packed() called before reset_packed()")
+        actions = np.asarray(actions, dtype=np.int32)
+        if actions.shape != (self.num_envs, self.n_agents):
+            raise ValueError(f"actions must have shape {(self.num_envs, self.n_agents)}, got {actions.shape}")
+        if actions.min() < 0 or actions.max() >= self._n_actions:
+            raise ValueError(f"actions must lie in [0, {self._n_actions}), got min {actions.min()} max {actions.max()}")
+        seeds = self._packed_rng.integers(0, 2**32 - 1, size=self.num_envs, dtype=np.uint64).astype(np.uint32)
+        self._keys, self._states, out = self._vstep_packed(self._keys, self._states, actions, self._max_steps, seeds)
+        return np.array(out)  # writable: torch wraps it without a copy
 
     def close_extras(self, **kwargs: Any) -> None:
         template = getattr(self, "_template", None)  # absent when __init__ rejected its input

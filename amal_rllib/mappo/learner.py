@@ -13,6 +13,7 @@ from ray.rllib.utils.torch_utils import explained_variance
 
 from ..core.losses import huber, masked_mean, ppo_clip_objective
 from ..envs.spec import ALIVE_KEY
+from ..learner_connector import use_bulk_pipeline
 from ..metrics import CLIP_FRACTION
 
 #: Optional per-sample weight of the policy term (AMAL: clipped importance ratios of
@@ -29,6 +30,28 @@ def sample_mask(batch: dict) -> torch.Tensor:
 
 
 class MAPPOTorchLearner(PPOTorchLearner):
+    def build(self) -> None:
+        super().build()
+        # RLlib's PPO pipeline, rebuilt in bulk (same batch; see amal_rllib.learner_connector).
+        self.bulk_pipeline = bool(getattr(self.config, "bulk_learner_connector", True)) and use_bulk_pipeline(
+            self, episode_columns=self.episode_columns()
+        )
+
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        """PPO's Adam over the module's parameters, with ``lr_anneal_env_steps`` applied."""
+        module = self._module[module_id]
+        params = self.get_parameters(module)
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer=torch.optim.Adam(params),
+            params=params,
+            lr_or_lr_schedule=config.lr_or_schedule(),
+        )
+
+    def episode_columns(self) -> dict:
+        """Per-chunk constant columns for the bulk pipeline (AMAL adds one)."""
+        return {}
+
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         module = self.module[module_id].unwrapped()
         mask = sample_mask(batch)

@@ -22,10 +22,11 @@ from ..core.losses import mask_logits
 from ..core.value_norm import ValueNormalizer
 from ..envs.spec import ACTION_MASK_KEY, ALIVE_KEY, OBS_KEY, STATE_KEY
 
+#: The module's defaults (``MAPPOConfig`` reads its own from here: one place for each).
 DEFAULT_MODEL_CONFIG = {
-    "actor_hidden": (64, 64),
-    "critic_hidden": (64, 64),
-    "use_layer_norm": True,
+    "actor_hidden": (128, 128),
+    "critic_hidden": (128, 128),
+    "use_layer_norm": False,
     "use_value_norm": True,
     "value_norm_beta": 0.99999,
 }

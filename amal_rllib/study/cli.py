@@ -27,17 +27,32 @@ logger = logging.getLogger(__name__)
 
 #: flag -> StudyConfig field (every field is overridable).
 FLAGS = {
-    "--scenarios": "scenarios", "--backend": "backend", "--env-steps": "env_steps",
-    "--search-env-steps": "search_env_steps", "--num-samples": "num_samples", "--search-seeds": "search_seeds",
-    "--seeds": "seeds", "--asha-grace-env-steps": "asha_grace_env_steps",
-    "--asha-reduction-factor": "asha_reduction_factor", "--max-concurrent-trials": "max_concurrent_trials",
-    "--num-env-runners": "num_env_runners", "--num-envs-per-env-runner": "num_envs_per_env_runner",
-    "--num-aux-env-runners": "num_aux_env_runners", "--train-batch-size": "train_batch_size",
-    "--evaluation-interval": "evaluation_interval", "--evaluation-episodes": "evaluation_episodes",
-    "--num-gpus-per-learner": "num_gpus_per_learner", "--checkpoint-frequency": "checkpoint_frequency",
-    "--storage-path": "storage_path", "--name": "name", "--bootstrap-samples": "bootstrap_samples",
-    "--confidence": "confidence", "--num-cpus": "num_cpus",
-    "--lambda-info-bounds": "search_bounds.lambda_info", "--perturbation-std-bounds": "search_bounds.perturbation_std",
+    "--scenarios": "scenarios",
+    "--backend": "backend",
+    "--env-steps": "env_steps",
+    "--search-env-steps": "search_env_steps",
+    "--num-samples": "num_samples",
+    "--search-seeds": "search_seeds",
+    "--seeds": "seeds",
+    "--asha-grace-env-steps": "asha_grace_env_steps",
+    "--asha-reduction-factor": "asha_reduction_factor",
+    "--max-concurrent-trials": "max_concurrent_trials",
+    "--num-env-runners": "num_env_runners",
+    "--num-envs-per-env-runner": "num_envs_per_env_runner",
+    "--num-aux-env-runners": "num_aux_env_runners",
+    "--train-batch-size": "train_batch_size",
+    "--num-minibatches": "num_minibatches",
+    "--evaluation-interval": "evaluation_interval",
+    "--evaluation-episodes": "evaluation_episodes",
+    "--num-gpus-per-learner": "num_gpus_per_learner",
+    "--checkpoint-frequency": "checkpoint_frequency",
+    "--storage-path": "storage_path",
+    "--name": "name",
+    "--bootstrap-samples": "bootstrap_samples",
+    "--confidence": "confidence",
+    "--num-cpus": "num_cpus",
+    "--lambda-info-bounds": "search_bounds.lambda_info",
+    "--perturbation-std-bounds": "search_bounds.perturbation_std",
 }
 _FIELD_TO_FLAG = {field: flag for flag, field in FLAGS.items()}
 
@@ -64,21 +79,43 @@ def _gpus(text: str) -> float | str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amal_vs_mappo.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="amal_vs_mappo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: smoke on one node, cluster on several)")
     p.add_argument("--config", type=Path, help="a YAML file of study fields, applied over the preset")
-    p.add_argument("--resume", nargs="?", const="latest", metavar="EXPERIMENT",
-                   help="continue an interrupted study: its folder, its --name, or (no value) the newest one")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="EXPERIMENT",
+        help="continue an interrupted study: its folder, its --name, or (no value) the newest one",
+    )
     p.add_argument("--report-only", type=Path, metavar="EXPERIMENT", help="(re)write the report of a study folder")
     p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard port of a Ray this job starts")
     g = p.add_argument_group("study fields (override the preset and --config)")
     g.add_argument("--scenarios", nargs="+")
     g.add_argument("--backend")
-    for flag in ("--env-steps", "--search-env-steps", "--num-samples", "--search-seeds", "--seeds",
-                 "--asha-grace-env-steps", "--asha-reduction-factor", "--max-concurrent-trials", "--num-env-runners",
-                 "--num-envs-per-env-runner", "--num-aux-env-runners", "--train-batch-size", "--evaluation-interval",
-                 "--evaluation-episodes", "--checkpoint-frequency", "--bootstrap-samples", "--num-cpus"):
+    for flag in (
+        "--env-steps",
+        "--search-env-steps",
+        "--num-samples",
+        "--search-seeds",
+        "--seeds",
+        "--asha-grace-env-steps",
+        "--asha-reduction-factor",
+        "--max-concurrent-trials",
+        "--num-env-runners",
+        "--num-envs-per-env-runner",
+        "--num-aux-env-runners",
+        "--train-batch-size",
+        "--num-minibatches",
+        "--evaluation-interval",
+        "--evaluation-episodes",
+        "--checkpoint-frequency",
+        "--bootstrap-samples",
+        "--num-cpus",
+    ):
         g.add_argument(flag, type=_count)
     g.add_argument("--num-gpus-per-learner", type=_gpus)
     g.add_argument("--confidence", type=float)
@@ -145,8 +182,13 @@ def code_version() -> str:
 
     here = Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return f"amal-umc {version('amal-umc')} (git {rev})"
     except (OSError, subprocess.SubprocessError):
         return f"amal-umc {version('amal-umc')} (no git checkout)"
@@ -158,13 +200,16 @@ def find_experiment(resume: str, storage_path: str) -> Path:
         path = Path(resume).expanduser()
         path = path if path.is_absolute() or path.exists() else storage / resume
         if not (path / "study.json").is_file():
-            raise UsageError(f"--resume {resume}: no study there ({path / 'study.json'} missing); "
-                             f"run without --resume to start one")
+            raise UsageError(
+                f"--resume {resume}: no study there ({path / 'study.json'} missing); run without --resume to start one"
+            )
         return path.resolve()
     candidates = sorted(storage.glob("amal_vs_mappo-*/study.json"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise UsageError(f"--resume: no study under {storage}; run without --resume to start one "
-                         f"(or give --resume PATH / --storage-path)")
+        raise UsageError(
+            f"--resume: no study under {storage}; run without --resume to start one "
+            f"(or give --resume PATH / --storage-path)"
+        )
     return candidates[-1].parent
 
 
@@ -196,8 +241,10 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
     if args.resume is not None:
         if (overrides(args) and set(overrides(args)) - {"storage_path"}) or args.config or args.preset:
-            raise UsageError("--resume: a resumed study keeps the settings it started with; "
-                             "drop --preset/--config/study flags (only --storage-path may be given)")
+            raise UsageError(
+                "--resume: a resumed study keeps the settings it started with; "
+                "drop --preset/--config/study flags (only --storage-path may be given)"
+            )
         exp_root = find_experiment(args.resume, args.storage_path or StudyConfig.storage_path)
         try:
             manifest = read_manifest(exp_root)
@@ -221,27 +268,38 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         preset = args.preset
         if preset is None:
             preset = "cluster" if session.multi_node else "smoke"
-            why = (f"a multi-node cluster ({session.num_nodes} nodes)" if session.multi_node
-                   else "a single-node Ray (a laptop or one machine)")
+            why = (
+                f"a multi-node cluster ({session.num_nodes} nodes)"
+                if session.multi_node
+                else "a single-node Ray (a laptop or one machine)"
+            )
             print(f"[study] no --preset: picked '{preset}' because this is {why}", flush=True)
         study = resolve_study(args, preset)
         check_backend(study)
         name = study.name or f"amal_vs_mappo-{preset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         exp_root = Path(study.storage_path).expanduser().resolve() / name
         if (exp_root / "study.json").exists():
-            raise UsageError(f"--name {name}: a study already exists in {exp_root}; "
-                             f"continue it with --resume {exp_root}, or choose another --name")
+            raise UsageError(
+                f"--name {name}: a study already exists in {exp_root}; "
+                f"continue it with --resume {exp_root}, or choose another --name"
+            )
         exp_root.mkdir(parents=True, exist_ok=True)
         manifest = {
-            "name": name, "preset": preset, "study": study.to_dict(), "phases": {}, "best": {},
+            "name": name,
+            "preset": preset,
+            "study": study.to_dict(),
+            "phases": {},
+            "best": {},
             "command": "python tune_jobs/amal_vs_mappo.py " + shlex.join(argv),
-            "code_version": code_version(), "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "code_version": code_version(),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
         write_manifest(exp_root, manifest)
     else:
         print(f"[study] resuming {exp_root}", flush=True)
         manifest.setdefault("resumed", []).append(
-            {"at": dt.datetime.now(dt.timezone.utc).isoformat(), "code_version": code_version()})
+            {"at": dt.datetime.now(dt.timezone.utc).isoformat(), "code_version": code_version()}
+        )
 
     from .runner import learner_gpus
 

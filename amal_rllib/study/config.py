@@ -61,10 +61,11 @@ class StudyConfig:
     # Confirm.
     seeds: int = 5
     # Per-trial algorithm settings (the presets in ``amal_rllib.presets``).
-    num_env_runners: int = 2
-    num_envs_per_env_runner: int = 16
+    num_env_runners: int = 0
+    num_envs_per_env_runner: int = 128
     num_aux_env_runners: int = 1
-    train_batch_size: int = 4000
+    train_batch_size: int = 16384
+    num_minibatches: int = 4
     evaluation_interval: int = 5
     evaluation_episodes: int = 32
     num_gpus_per_learner: float | str = "auto"  # "auto": 1 when the cluster has a GPU
@@ -107,9 +108,21 @@ class StudyConfig:
             for scenario in self.scenarios:
                 if scenario not in known:
                     errors.append(f"scenarios: unknown {self.backend} scenario {scenario!r}; known: {', '.join(known)}")
-        for name in ("env_steps", "search_env_steps", "num_samples", "search_seeds", "seeds", "train_batch_size",
-                     "evaluation_interval", "evaluation_episodes", "num_envs_per_env_runner", "checkpoint_frequency",
-                     "bootstrap_samples", "asha_grace_env_steps"):
+        for name in (
+            "env_steps",
+            "search_env_steps",
+            "num_samples",
+            "search_seeds",
+            "seeds",
+            "train_batch_size",
+            "num_minibatches",
+            "evaluation_interval",
+            "evaluation_episodes",
+            "num_envs_per_env_runner",
+            "checkpoint_frequency",
+            "bootstrap_samples",
+            "asha_grace_env_steps",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 errors.append(f"{name}={value!r}: must be a positive integer")
@@ -117,8 +130,11 @@ class StudyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 errors.append(f"{name}={value!r}: must be an integer >= 0")
-        if isinstance(self.asha_reduction_factor, bool) or not isinstance(self.asha_reduction_factor, int) \
-                or self.asha_reduction_factor < 2:
+        if (
+            isinstance(self.asha_reduction_factor, bool)
+            or not isinstance(self.asha_reduction_factor, int)
+            or self.asha_reduction_factor < 2
+        ):
             errors.append(f"asha_reduction_factor={self.asha_reduction_factor!r}: must be an integer >= 2")
         if not (isinstance(self.confidence, float) and 0.0 < self.confidence < 1.0):
             errors.append(f"confidence={self.confidence!r}: must be in (0, 1), e.g. 0.95")
@@ -136,8 +152,10 @@ class StudyConfig:
                 "evaluation_interval x train_batch_size), so ASHA's first rung compares greedy evaluations"
             )
         if isinstance(self.search_env_steps, int) and self.search_env_steps < first_eval:
-            errors.append(f"search_env_steps={self.search_env_steps}: must be >= {first_eval:.0f}, so every search "
-                          "trial has a greedy evaluation to be scored by")
+            errors.append(
+                f"search_env_steps={self.search_env_steps}: must be >= {first_eval:.0f}, so every search "
+                "trial has a greedy evaluation to be scored by"
+            )
         if self.name is not None and (not self.name or "/" in self.name):
             errors.append(f"name={self.name!r}: must be a non-empty folder name without '/'")
         return errors
@@ -145,7 +163,9 @@ class StudyConfig:
     def _search_bound_errors(self) -> list[str]:
         errors = []
         if set(self.search_bounds) != set(SEARCHED_KNOBS):
-            return [f"search_bounds: must give exactly {', '.join(SEARCHED_KNOBS)} (got {', '.join(self.search_bounds)})"]
+            return [
+                f"search_bounds: must give exactly {', '.join(SEARCHED_KNOBS)} (got {', '.join(self.search_bounds)})"
+            ]
         for knob in SEARCHED_KNOBS:
             bounds = self.search_bounds[knob]
             if len(bounds) != 2 or not all(isinstance(b, (int, float)) for b in bounds):

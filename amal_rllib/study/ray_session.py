@@ -36,9 +36,7 @@ class RaySession:
 
     def describe(self) -> str:
         where = "joined the running Ray cluster" if self.joined else "started a local Ray"
-        lines = [
-            f"Ray: {where} at {self.address} ({self.num_nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs)"
-        ]
+        lines = [f"Ray: {where} at {self.address} ({self.num_nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs)"]
         if self.dashboard_url:
             lines.append(f"Ray dashboard: {self.dashboard_url}")
         else:

@@ -44,8 +44,12 @@ from ..metrics import _get as nested_get
 from .config import REPORT_TARGETS, SEARCHED_KNOBS
 from .trainables import trial_seed
 
-VARIANT_LABELS = {"mappo": "MAPPO", "amal_default": "AMAL (defaults)", "amal_best": "AMAL (search's best)",
-                  "amal_search": "AMAL (search)"}
+VARIANT_LABELS = {
+    "mappo": "MAPPO",
+    "amal_default": "AMAL (defaults)",
+    "amal_best": "AMAL (search's best)",
+    "amal_search": "AMAL (search)",
+}
 VARIANT_COLORS = {"mappo": "tab:blue", "amal_default": "tab:green", "amal_best": "tab:orange"}
 
 
@@ -130,7 +134,11 @@ def load_trials(phase_dir: Path) -> list[TrialRecord]:
 def load_study(exp_root: Path) -> list[TrialRecord]:
     trials = []
     for phase_dir in sorted(Path(exp_root).iterdir()):
-        if phase_dir.is_dir() and phase_dir.name.startswith(("search-", "confirm-")) and ".incomplete-" not in phase_dir.name:
+        if (
+            phase_dir.is_dir()
+            and phase_dir.name.startswith(("search-", "confirm-"))
+            and ".incomplete-" not in phase_dir.name
+        ):
             trials += load_trials(phase_dir)
     return trials
 
@@ -166,9 +174,7 @@ def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray,
     return mean, mean - half, mean + half
 
 
-def claim_saving(
-    amal: np.ndarray, mappo: np.ndarray, grid: np.ndarray
-) -> tuple[float, float, float, float]:
+def claim_saving(amal: np.ndarray, mappo: np.ndarray, grid: np.ndarray) -> tuple[float, float, float, float]:
     """(saving, target, steps AMAL, steps MAPPO) for seeds-by-grid arrays [S_a, G], [S_m, G].
 
     Only the grid points where every seed of both algorithms has data count (the common
@@ -210,24 +216,31 @@ class Claim:
     def sentence(self) -> str:
         head = self.scenario
         if min(self.n_amal, self.n_mappo) < 2:
-            return (f"{head}: not separable with {min(self.n_amal, self.n_mappo)} seed(s) per algorithm "
-                    f"(a bootstrap over seeds needs at least 2); point estimate: {_pct(self.saving)}.")
+            return (
+                f"{head}: not separable with {min(self.n_amal, self.n_mappo)} seed(s) per algorithm "
+                f"(a bootstrap over seeds needs at least 2); point estimate: {_pct(self.saving)}."
+            )
         interval = f"{self.confidence:.0%} interval [{_pct(self.low, signed=True)}, {_pct(self.high, signed=True)}]"
         if not np.isfinite(self.steps_amal):
-            spread = ("nor in any bootstrap resample of the seeds" if self.high == -math.inf
-                      else f"saving {interval}")
+            spread = "nor in any bootstrap resample of the seeds" if self.high == -math.inf else f"saving {interval}"
             verdict = "AMAL is slower" if self.separable else "not separable"
-            return (f"{head}: AMAL did not reach MAPPO's final greedy win rate ({self.target:.2f}) within its budget "
-                    f"(MAPPO: {_steps(self.steps_mappo)} env steps; means over {self.n_amal} AMAL and {self.n_mappo} "
-                    f"MAPPO seeds), {spread}: {verdict}.")
+            return (
+                f"{head}: AMAL did not reach MAPPO's final greedy win rate ({self.target:.2f}) within its budget "
+                f"(MAPPO: {_steps(self.steps_mappo)} env steps; means over {self.n_amal} AMAL and {self.n_mappo} "
+                f"MAPPO seeds), {spread}: {verdict}."
+            )
         if not self.separable:
-            return (f"{head}: not separable with {self.n_amal} AMAL and {self.n_mappo} MAPPO seeds: AMAL's saving in "
-                    f"env steps to MAPPO's final greedy win rate {self.target:.2f} is {_pct(self.saving, signed=True)}, "
-                    f"{interval}.")
+            return (
+                f"{head}: not separable with {self.n_amal} AMAL and {self.n_mappo} MAPPO seeds: AMAL's saving in "
+                f"env steps to MAPPO's final greedy win rate {self.target:.2f} is {_pct(self.saving, signed=True)}, "
+                f"{interval}."
+            )
         word = "fewer" if self.saving > 0 else "more"
-        return (f"{head}: AMAL reached MAPPO's final greedy win rate ({self.target:.2f}) with "
-                f"{_pct(abs(self.saving))} {word} env steps ({_steps(self.steps_amal)} vs {_steps(self.steps_mappo)}), "
-                f"{interval} (positive = fewer), over {self.n_amal} AMAL and {self.n_mappo} MAPPO seeds.")
+        return (
+            f"{head}: AMAL reached MAPPO's final greedy win rate ({self.target:.2f}) with "
+            f"{_pct(abs(self.saving))} {word} env steps ({_steps(self.steps_amal)} vs {_steps(self.steps_mappo)}), "
+            f"{interval} (positive = fewer), over {self.n_amal} AMAL and {self.n_mappo} MAPPO seeds."
+        )
 
 
 def _pct(x: float, signed: bool = False) -> str:
@@ -241,7 +254,13 @@ def _steps(x: float) -> str:
 
 
 def bootstrap_claim(
-    scenario: str, amal: np.ndarray, mappo: np.ndarray, grid: np.ndarray, *, samples: int, confidence: float,
+    scenario: str,
+    amal: np.ndarray,
+    mappo: np.ndarray,
+    grid: np.ndarray,
+    *,
+    samples: int,
+    confidence: float,
     seed: int = 0,
 ) -> Claim:
     """:func:`claim_saving` and its percentile-bootstrap interval over seeds (each side resampled)."""
@@ -256,8 +275,7 @@ def bootstrap_claim(
         draws[b] = claim_saving(amal[ia], mappo[im], grid)[0]
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(draws, [alpha, 1.0 - alpha], method="inverted_cdf")
-    return Claim(scenario, len(amal), len(mappo), saving, float(low), float(high), target, steps_a, steps_m,
-                 confidence)
+    return Claim(scenario, len(amal), len(mappo), saving, float(low), float(high), target, steps_a, steps_m, confidence)
 
 
 # -------------------------------------------------------------------- tables
@@ -268,7 +286,11 @@ def trial_table(trials: list[TrialRecord]):
     for t in trials:
         x, y = t.series(GREEDY_WIN_RATE)
         row = {
-            "phase": t.kind, "algorithm": t.algorithm, "variant": t.variant, "scenario": t.scenario, "seed": t.seed,
+            "phase": t.kind,
+            "algorithm": t.algorithm,
+            "variant": t.variant,
+            "scenario": t.scenario,
+            "seed": t.seed,
             **{k: float(t.config.get(k, math.nan)) if t.algorithm == "amal" else math.nan for k in SEARCHED_KNOBS},
             "final_greedy_win_rate": float(y[-1]) if len(y) else math.nan,
             "best_greedy_win_rate": float(y.max()) if len(y) else math.nan,
@@ -303,16 +325,25 @@ def curve_table(trials: list[TrialRecord]):
     import pandas as pd
 
     rows = [
-        {"phase": t.kind, "variant": t.variant, "scenario": t.scenario, "seed": t.seed, "trial_id": t.trial_id,
-         **{col: _get(r, key) for key, col in CURVE_COLUMNS.items()}}
-        for t in trials for r in t.rows
+        {
+            "phase": t.kind,
+            "variant": t.variant,
+            "scenario": t.scenario,
+            "seed": t.seed,
+            "trial_id": t.trial_id,
+            **{col: _get(r, key) for key, col in CURVE_COLUMNS.items()},
+        }
+        for t in trials
+        for r in t.rows
     ]
     return pd.DataFrame(rows)
 
 
 def confirm_arrays(trials: list[TrialRecord], scenario: str, variant: str, grid: np.ndarray) -> np.ndarray:
-    picked = sorted((t for t in trials if t.kind == "confirm" and t.scenario == scenario and t.variant == variant),
-                    key=lambda t: t.seed)
+    picked = sorted(
+        (t for t in trials if t.kind == "confirm" and t.scenario == scenario and t.variant == variant),
+        key=lambda t: t.seed,
+    )
     return curves_on_grid([t.series(GREEDY_WIN_RATE) for t in picked], grid)
 
 
@@ -348,8 +379,12 @@ def _plot_win_rates(trials, scenarios, claims, out: Path, confidence: float) -> 
         claim = claims.get(scenario)
         if claim is not None:
             ax.axhline(claim.target, color="gray", ls="--", lw=1, label=f"MAPPO's final ({claim.target:.2f})")
-        ax.set(title=f"{scenario}: greedy win rate ({confidence:.0%} band over seeds)",
-               xlabel="total env steps (AMAL: primary + auxiliary)", ylabel="greedy win rate", ylim=(-0.02, 1.02))
+        ax.set(
+            title=f"{scenario}: greedy win rate ({confidence:.0%} band over seeds)",
+            xlabel="total env steps (AMAL: primary + auxiliary)",
+            ylabel="greedy win rate",
+            ylim=(-0.02, 1.02),
+        )
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = out / "win_rate.png"
@@ -379,8 +414,9 @@ def _plot_amal_internals(trials, scenarios, out: Path) -> Path:
             x, y = t.series(CEM_MEAN_FITNESS)
             axes[1, col].plot(x, y, color=color, alpha=0.7, lw=1, ls="--")
         axes[0, col].axhline(0.0, color="gray", lw=0.8)
-        axes[0, col].set(title=f"{scenario}: MI estimate mean (solid) and bonus std (dotted), nats",
-                         xlabel="total env steps")
+        axes[0, col].set(
+            title=f"{scenario}: MI estimate mean (solid) and bonus std (dotted), nats", xlabel="total env steps"
+        )
         axes[1, col].set(title=f"{scenario}: CEM fitness, best (solid) and mean (dashed)", xlabel="total env steps")
         handles, _labels = axes[0, col].get_legend_handles_labels()
         if handles:
@@ -409,13 +445,25 @@ def _plot_search(trials, scenarios, best: dict, out: Path) -> Path:
             sc = ax.scatter(lam, std, c=score, s=size, cmap="viridis", edgecolors="k", linewidths=0.5)
             fig.colorbar(sc, ax=ax, label="search score: mean greedy win rate")
         if scenario in best:
-            ax.scatter([best[scenario]["lambda_info"]], [best[scenario]["perturbation_std"]], marker="*", s=250,
-                       facecolors="none", edgecolors="red", label="best")
+            ax.scatter(
+                [best[scenario]["lambda_info"]],
+                [best[scenario]["perturbation_std"]],
+                marker="*",
+                s=250,
+                facecolors="none",
+                edgecolors="red",
+                label="best",
+            )
             ax.legend(fontsize=8)
         from matplotlib.ticker import NullFormatter
 
-        ax.set(xscale="log", yscale="log", xlabel="lambda_info", ylabel="perturbation_std",
-               title=f"{scenario}: search trials (size = env steps run; ASHA stops small ones)")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="lambda_info",
+            ylabel="perturbation_std",
+            title=f"{scenario}: search trials (size = env steps run; ASHA stops small ones)",
+        )
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
@@ -466,8 +514,9 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
         amal = confirm_arrays(trials, scenario, "amal_best", grid)
         mappo = confirm_arrays(trials, scenario, "mappo", grid)
         if len(amal) and len(mappo):
-            claims[scenario] = bootstrap_claim(scenario, amal, mappo, grid, samples=study.bootstrap_samples,
-                                               confidence=study.confidence)
+            claims[scenario] = bootstrap_claim(
+                scenario, amal, mappo, grid, samples=study.bootstrap_samples, confidence=study.confidence
+            )
     claim_rows = [dataclasses.asdict(c) | {"separable": c.separable, "sentence": c.sentence()} for c in claims.values()]
     pd.DataFrame(claim_rows).to_csv(out / "claims.csv", index=False)
 
@@ -476,18 +525,32 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
         _plot_amal_internals(trials, scenarios, out),
         _plot_search(trials, scenarios, manifest.get("best", {}), out),
     ]
-    summary_cols = ["phase", "variant", "scenario", "seed", *SEARCHED_KNOBS, "final_greedy_win_rate",
-                    "best_greedy_win_rate", *(f"env_steps_to_{t}" for t in REPORT_TARGETS), "total_env_steps",
-                    "wall_time_s"]
+    summary_cols = [
+        "phase",
+        "variant",
+        "scenario",
+        "seed",
+        *SEARCHED_KNOBS,
+        "final_greedy_win_rate",
+        "best_greedy_win_rate",
+        *(f"env_steps_to_{t}" for t in REPORT_TARGETS),
+        "total_env_steps",
+        "wall_time_s",
+    ]
     confirm = table[table["phase"] == "confirm"] if not table.empty else table
     by_variant = (
         confirm.groupby(["scenario", "variant"])
-        .agg(seeds=("seed", "count"), final_greedy_mean=("final_greedy_win_rate", "mean"),
-             final_greedy_std=("final_greedy_win_rate", "std"), best_greedy_mean=("best_greedy_win_rate", "mean"),
-             **{f"reached_{t}": (f"env_steps_to_{t}", lambda s: int(s.notna().sum())) for t in REPORT_TARGETS},
-             **{f"median_steps_to_{t}": (f"env_steps_to_{t}", "median") for t in REPORT_TARGETS})
+        .agg(
+            seeds=("seed", "count"),
+            final_greedy_mean=("final_greedy_win_rate", "mean"),
+            final_greedy_std=("final_greedy_win_rate", "std"),
+            best_greedy_mean=("best_greedy_win_rate", "mean"),
+            **{f"reached_{t}": (f"env_steps_to_{t}", lambda s: int(s.notna().sum())) for t in REPORT_TARGETS},
+            **{f"median_steps_to_{t}": (f"env_steps_to_{t}", "median") for t in REPORT_TARGETS},
+        )
         .reset_index()
-        if not confirm.empty else confirm
+        if not confirm.empty
+        else confirm
     )
     lines = [
         f"# AMAL vs MAPPO: {manifest.get('name', Path(exp_root).name)}",

@@ -75,8 +75,14 @@ def learner_gpus(study: StudyConfig, cluster_gpus: float) -> float:
     return float(study.num_gpus_per_learner)
 
 
-def algorithm_config(study: StudyConfig, scenario: str, algo: str, gpus: float, seed: int = 0):
-    """The RLlib config of one trial (``amal_rllib.presets``), with failed env runners restarted."""
+def algorithm_config(
+    study: StudyConfig, scenario: str, algo: str, gpus: float, seed: int = 0, budget: int | None = None
+):
+    """The RLlib config of one trial (``amal_rllib.presets``), with failed env runners restarted.
+
+    The learning rate anneals to 0 at the trial's ``budget`` (total env steps; JaxMARL's ``ANNEAL_LR``);
+    default: the confirm budget ``study.env_steps``.
+    """
     from ..presets import amal_config, mappo_config
 
     common = dict(
@@ -84,6 +90,7 @@ def algorithm_config(study: StudyConfig, scenario: str, algo: str, gpus: float, 
         num_env_runners=study.num_env_runners,
         num_envs_per_env_runner=study.num_envs_per_env_runner,
         train_batch_size=study.train_batch_size,
+        num_minibatches=study.num_minibatches,
         evaluation_interval=study.evaluation_interval,
         evaluation_episodes=study.evaluation_episodes,
         num_gpus_per_learner=gpus,
@@ -92,6 +99,7 @@ def algorithm_config(study: StudyConfig, scenario: str, algo: str, gpus: float, 
         config = amal_config(scenario, study.backend, num_aux_env_runners=study.num_aux_env_runners, **common)
     else:
         config = mappo_config(scenario, study.backend, **common)
+    config.training(lr_anneal_env_steps=int(budget or study.env_steps))
     config.fault_tolerance(restart_failed_env_runners=True, delay_between_env_runner_restarts_s=1.0)
     return config
 
@@ -99,7 +107,8 @@ def algorithm_config(study: StudyConfig, scenario: str, algo: str, gpus: float, 
 def param_space(study: StudyConfig, phase: Phase, gpus: float, best: dict[str, float] | None = None) -> dict:
     from ray import tune
 
-    space = algorithm_config(study, phase.scenario, phase.algo, gpus).to_dict()
+    budget = study.search_env_steps if phase.kind == "search" else study.env_steps
+    space = algorithm_config(study, phase.scenario, phase.algo, gpus, budget=budget).to_dict()
     if phase.kind == "search":
         for knob in SEARCHED_KNOBS:
             space[knob] = tune.loguniform(*study.search_bounds[knob])
@@ -129,8 +138,12 @@ def _reporter(phase: Phase, max_report_frequency: int):
         GREEDY_WIN_RATE_MEAN: "greedy mean",
     }
     params = {k: k for k in SEARCHED_KNOBS} if phase.kind == "search" else {"seed": "seed"}
-    return CLIReporter(metric_columns=columns, parameter_columns=params, max_report_frequency=max_report_frequency,
-                       sort_by_metric=False)
+    return CLIReporter(
+        metric_columns=columns,
+        parameter_columns=params,
+        max_report_frequency=max_report_frequency,
+        sort_by_metric=False,
+    )
 
 
 def build_tuner(study: StudyConfig, phase: Phase, exp_root: Path, gpus: float, best: dict | None):
@@ -242,7 +255,10 @@ def run_study(study: StudyConfig, exp_root: Path, *, gpus: float, manifest: dict
             logger.info("%s: restoring the interrupted Tune experiment", phase.dirname)
             print(f"[study] resuming {phase.dirname} from {path}", flush=True)
             tuner = tune.Tuner.restore(
-                str(path), TRAINABLES[phase.algo], resume_unfinished=True, resume_errored=True,
+                str(path),
+                TRAINABLES[phase.algo],
+                resume_unfinished=True,
+                resume_errored=True,
                 param_space=param_space(study, phase, gpus, best),
             )
         else:
