@@ -272,7 +272,7 @@ def test_config_rejects_out_of_range_knobs():
 
 def test_mi_on_real_smax_transitions_is_nonnegative_with_an_overconfident_world_model():
     """Real SMAX 3m transitions from a peaked policy (entropy well below uniform, as late in training)
-    and a world model fitted to them, then made sure of itself (sigma / e^2, as a model that sharpens over
+    and a world model fitted to them, then made sure of itself (sigma / e^3, as a model that sharpens over
     a long run): the batch mean of the calibrated I_hat is >= 0 and at most the ceiling E[log pi / pibar]
     (up to noise), while Proposition 1 as written turns negative on the same rows."""
     from amal_rllib.metrics import MI_CEILING_MEAN, MI_ESTIMATE_MEAN, MI_ESTIMATE_UNTEMPERED_MEAN, MI_TEMPERATURE
@@ -282,6 +282,7 @@ def test_mi_on_real_smax_transitions_is_nonnegative_with_an_overconfident_world_
     module = runner.module[SHARED_POLICY]
     with torch.no_grad():  # a peaked policy: the head's weights scaled up
         module.actor[-1].weight.mul_(1500.0)
+    torch.manual_seed(0)  # the sampler draws actions with torch's generator
     episodes = runner.sample(num_timesteps=2400)
     runner.stop()
     learner = build_learner(config)
@@ -309,7 +310,7 @@ def test_mi_on_real_smax_transitions_is_nonnegative_with_an_overconfident_world_
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        mpl.world_model.log_std.sub_(2.0)
+        mpl.world_model.log_std.sub_(3.0)
     stats = pipeline[position].process_module_batch(mpl, mb)
     assert stats[MI_TEMPERATURE] < 1.0  # the trained model is overconfident about which action acted
     assert stats[MI_ESTIMATE_MEAN] >= -0.005, stats

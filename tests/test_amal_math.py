@@ -389,3 +389,25 @@ def test_fitted_temperature_maximises_the_held_out_log_posterior_of_the_taken_ac
     assert score(tau) >= max(score(tau * 0.5), score(tau * 2.0), score(1.0), score(0.0))
     # Temperature 0 ignores the model: the posterior is the policy, and I_hat is exactly 0.
     torch.testing.assert_close(action_log_posterior(log_pi, log_lik, 0.0), log_pi)
+
+
+def test_mi_parts_equal_the_per_sample_reference_at_any_temperature_and_the_ceiling_its_definition():
+    actor, params = actor_and_params()
+    obs, mask, log_lik = random_batch()
+    actions = torch.multinomial(mask, 1, generator=torch.Generator().manual_seed(4)).squeeze(1)
+    noise = sample_parameter_noise(params, 5, 3, 0.2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        parts = mi_estimate_parts(actor, params, noise, obs, mask, log_lik, actions, 0.3)
+        torch.testing.assert_close(parts.untempered, mi_estimate(actor, params, noise, obs, mask, log_lik))
+        reference = mi_estimate_reference(actor, params, noise, obs, mask, log_lik * 0.3)
+        torch.testing.assert_close(parts.estimate, reference, atol=1e-5, rtol=1e-4)
+        chunk = math.ceil(obs.shape[0] / 5)
+        for b in (0, 17, 39):
+            c = b // chunk
+            log_pi = masked_log_policy(actor(obs[b : b + 1]), mask[b : b + 1])[0, actions[b]]
+            perturbed = [
+                torch.func.functional_call(actor, {n: params[n] + noise[n][c, k] for n in params}, (obs[b : b + 1],))
+                for k in range(3)
+            ]
+            pibar = torch.stack([masked_log_policy(p, mask[b : b + 1])[0, actions[b]].exp() for p in perturbed]).mean()
+            torch.testing.assert_close(parts.ceiling[b], log_pi - torch.log(pibar), atol=1e-5, rtol=1e-4)

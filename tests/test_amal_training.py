@@ -13,7 +13,7 @@ from amal_rllib.amal.connectors import is_auxiliary_episode_id
 from amal_rllib.amal.rollouts import actor_state_from_flat
 from amal_rllib.core.mi import masked_log_policy
 from amal_rllib.mappo.config import SHARED_POLICY
-from amal_rllib.mappo.module import build_mlp
+from amal_rllib.mappo.module import DEFAULT_MODEL_CONFIG, build_mlp
 from amal_rllib.metrics import (
     AUX_BUFFER_SAMPLE_TIMER,
     AUX_COLLECT_TIMER,
@@ -33,10 +33,16 @@ from amal_rllib.presets import amal_config
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
+def first_linear(actor):
+    return next(layer for layer in actor if isinstance(layer, torch.nn.Linear))
+
+
 def actor_logp(flat, layout, episodes):
     """Log-probs of the actions in ``episodes`` under the actor with flat parameters ``flat``."""
     shapes = dict(layout)
-    actor = build_mlp(shapes["0.weight"][0], (64, 64), shapes[layout[-1][0]][0], True, 0.01)
+    in_dim = next(shape[1] for name, shape in layout if len(shape) == 2)
+    cfg = DEFAULT_MODEL_CONFIG
+    actor = build_mlp(in_dim, cfg["actor_hidden"], shapes[layout[-1][0]][0], cfg["use_layer_norm"], 0.01)
     actor.load_state_dict(
         {k[len("actor.") :]: torch.as_tensor(v) for k, v in actor_state_from_flat(flat, layout).items()}
     )
@@ -95,11 +101,15 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
             assert not np.allclose(primary, stored, atol=1e-3)
         assert algo._ledger.in_flight == [0, 1]  # generation 2 is out while the checkpoint below is taken
         runner_weights = algo.aux_env_runner_group.foreach_env_runner(
-            lambda r: r.module[SHARED_POLICY].actor[1].weight.detach().numpy().copy(), local_env_runner=False
+            lambda r: next(m for m in r.module[SHARED_POLICY].actor if isinstance(m, torch.nn.Linear))
+            .weight.detach()
+            .numpy()
+            .copy(),
+            local_env_runner=False,
         )
         assert len(runner_weights) == 2 and not np.allclose(runner_weights[0], runner_weights[1])
         assert not np.allclose(
-            runner_weights[0], algo.env_runner.module[SHARED_POLICY].actor[1].weight.detach().numpy()
+            runner_weights[0], first_linear(algo.env_runner.module[SHARED_POLICY].actor).weight.detach().numpy()
         )
 
         # Env steps: primary and auxiliary counted apart, the total is their sum.

@@ -16,10 +16,12 @@ Defaults and why they differ from the prototype's where they do:
   runs one auxiliary runner beside two primary ones; cluster presets raise it.
   Every candidate of a generation is evaluated: ``ceil(cem_population_size /
   evolution_frequency)`` candidates per iteration, spread over the runners.
-- ``mi_samples_M`` 256 (seed suggestion: 50-100): each set of ``K`` draws covers
+- ``mi_samples_M`` 1024 (seed suggestion: 50-100): each set of ``K`` draws covers
   ``M`` transitions. At M=64 drawing the noise alone (C x K x 10k actor
   parameters) cost more than the estimate on the 1-thread CPU learner
-  (``benchmarks/mi_estimator.py``); 256 keeps ~35 fresh sets per 9k-transition batch.
+  (``benchmarks/mi_estimator.py``); 256 kept ~35 fresh sets per 9k-transition
+  batch, and 1024 keeps ~44 per the ~45k-transition batches of issue 14's
+  16k-step iterations (128-unit actor: ~27k parameters per draw).
 - ``world_model_train_samples`` 512: the primary transitions per gradient step
   of the world model. It steps on every minibatch of every epoch, and AMAL
   takes as many minibatches as MAPPO (``algorithm.mixed_minibatches``): ~16
@@ -51,6 +53,11 @@ Defaults and why they differ from the prototype's where they do:
   first reached after 292k/334k steps in 2 of 3 seeds (MAPPO: 502k/562k in 2 of
   3; ``docs/results/amal_vs_mappo_3m_study``). The learner also processes 1.25x
   MAPPO's rows instead of 2x.
+- Issue 14 made MAPPO's batches 4x larger (16,384 env steps, JaxMARL's shape):
+  ``aux_episodes_per_candidate`` 4 (was 1) and ``aux_buffer_capacity`` 16,000
+  (was 4,000) scale the auxiliary side with them, so an auxiliary episode is
+  still drawn ~5 times and the buffer still spans ~4 generations
+  (~800 auxiliary env steps per iteration, ~5% of the budget).
 - ``aux_rollout_overlap`` "learner": an iteration's candidates are sent to the
   auxiliary runners right before the learner update (drawn around the actor
   that just sampled) and collected after the next iteration's primary sampling,
@@ -125,7 +132,7 @@ class AMALConfig(MAPPOConfig):
         # Idea 2: MI bonus.
         self.lambda_info = 0.1
         self.perturbation_std = 0.05
-        self.mi_samples_M = 256
+        self.mi_samples_M = 1024
         self.mi_policies_K = 10
         #: Likelihood temperature of the action posterior in I_hat: None fits it on held-out rows of every
         #: batch (calibrated); a number fixes it (1.0: Proposition 1 as written, the estimator before issue 14).
@@ -140,7 +147,7 @@ class AMALConfig(MAPPOConfig):
         # Idea 3: CEM auxiliary agents in their own env runners.
         self.num_aux_env_runners = 1
         self.num_cpus_per_aux_env_runner = 1
-        self.aux_episodes_per_candidate = 1
+        self.aux_episodes_per_candidate = 4
         #: How long to wait for the auxiliary runners after primary sampling; a runner still busy then is
         #: restarted and its candidates played again (a hung runner never blocks training).
         self.aux_collect_timeout_s = 300.0
@@ -151,7 +158,7 @@ class AMALConfig(MAPPOConfig):
         self.cem_sigma_floor = 0.01
         self.evolution_frequency = 5
         self.aux_ratio = 0.2
-        self.aux_buffer_capacity = 4_000
+        self.aux_buffer_capacity = 16_000
         self.aux_importance_clip = 1.0
         self.aux_advantage_norm = "per_source"
         self.aux_rollout_overlap = "learner"

@@ -28,7 +28,7 @@ from ..envs.registry import known_scenarios
 from ..envs.spec import BACKENDS
 
 PRESET_DIR = Path(__file__).parent / "presets"
-PRESETS = ("smoke", "local", "cluster")
+PRESETS = ("smoke", "local", "cluster", "two_core_full")
 #: Confirm seeds start here; search seeds are 0 .. search_seeds-1, so the two never meet.
 CONFIRM_SEED_OFFSET = 1000
 #: The knobs the search tunes, and the range each may take (``AMALConfig``'s own bounds).
