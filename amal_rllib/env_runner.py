@@ -133,7 +133,7 @@ class TeamEnvRunner(MultiAgentEnvRunner):
             if force_reset or num_episodes is not None or rollout.needs_reset:
                 self._ongoing_episodes_for_metrics.clear()  # chunks of dropped episodes (RLlib does the same)
             if force_reset:
-                rollout._obs = None
+                rollout.drop_episodes()
             num_steps = None
             if num_timesteps is not None:
                 per_step = self.num_envs * (rollout.n_agents if self.config.count_steps_by == "agent_steps" else 1)

@@ -196,6 +196,10 @@ class VectorRollout:
     def needs_reset(self) -> bool:
         return self._obs is None
 
+    def drop_episodes(self) -> None:
+        """Forget the running episodes: the next ``sample`` resets every sub-env."""
+        self._obs = None
+
     def reset(self) -> None:
         self._obs = self.env.reset_packed(seed=self._seed)
         self._seed = None  # seeded once; later resets continue the env's generator
@@ -317,6 +321,6 @@ class VectorRollout:
                 chunks.append(episode)
                 self._ongoing[e] = _Ongoing(ongoing.episode_id, ongoing.env_t_started + (a1 - a0), now)
         if num_episodes is not None:
-            self._obs = None  # the unfinished episodes are dropped; the next call resets
+            self.drop_episodes()  # the unfinished episodes are dropped; the next call resets
         env_steps = t * self.env.num_envs
         return finished_eps, chunks, {"env_steps": env_steps}

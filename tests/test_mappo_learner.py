@@ -244,3 +244,14 @@ def test_team_env_runner_returns_numpy_episodes_once():
     more = runner.sample(num_timesteps=10)
     assert all(ep.is_numpy for ep in more)
     runner.stop()
+
+
+def test_minibatches_are_counted_in_agent_rows_not_env_steps():
+    """JaxMARL's 4 minibatches of a 5-agent batch hold more rows than the batch has env steps: valid."""
+    from amal_rllib.presets import mappo_config
+
+    config = mappo_config("2s3z", num_minibatches=4)
+    assert config.minibatch_size == 16384 * 5 // 4 > config.train_batch_size_per_learner
+    config.validate()
+    with pytest.raises(ValueError, match="more agent rows than a batch holds"):
+        mappo_config("3m").training(minibatch_size=16384 * 3 + 1).validate()

@@ -192,6 +192,29 @@ class MAPPOConfig(PPOConfig):
 
         return MAPPOTorchLearner
 
+    def team_size(self) -> int | None:
+        """Agents per env step of the configured team env (None when it is not one of ours)."""
+        env_config = dict(self.env_config or {})
+        scenario, backend = env_config.get("scenario"), env_config.get("backend")
+        if scenario is None or backend is None:
+            return None
+        from ..envs.registry import scenario_n_agents
+
+        try:
+            return int(scenario_n_agents(scenario, backend))
+        except (ValueError, ImportError):  # an unknown scenario or a missing backend: the env reports it
+            return None
+
+    def _value_error(self, errmsg) -> None:
+        # PPO compares `minibatch_size` (agent rows, one per agent and env step) with
+        # `train_batch_size_per_learner` (env steps): with n agents a batch has ~n x as many rows, and
+        # JaxMARL's 4 minibatches of a 5-agent batch hold more rows than the batch has env steps.
+        # That check is made in rows in `mappo_errors` instead.
+        rows_vs_steps = errmsg.startswith("`minibatch_size` (") and "`train_batch_size_per_learner`" in errmsg
+        if rows_vs_steps and self.team_size() is not None:
+            return
+        super()._value_error(errmsg)
+
     def validate(self) -> None:
         super().validate()
         errors = list(self.mappo_errors())
@@ -240,6 +263,13 @@ class MAPPOConfig(PPOConfig):
             errors.append(
                 f"callbacks_class={self.callbacks_class!r} lacks BattleMetricsCallback (win_rate would be NaN); "
                 "set callbacks with config.callbacks(...), which keeps it"
+            )
+        team = self.team_size()
+        batch, minibatch = self.train_batch_size_per_learner, self.minibatch_size
+        if team and isinstance(batch, int) and isinstance(minibatch, int) and minibatch > batch * team:
+            errors.append(
+                f"minibatch_size={minibatch}: more agent rows than a batch holds ({batch} env steps x {team} "
+                "agents); lower it or raise train_batch_size_per_learner"
             )
         if self.train_batch_size_per_learner is not None and self.train_batch_size_per_learner < 1:
             errors.append(f"train_batch_size_per_learner={self.train_batch_size_per_learner}: must be >= 1")

@@ -63,7 +63,10 @@ def main() -> None:
                 "jaxmarl_training_win_at_2M": at_2m,
             })
         ax = axes[i, 0]
-        ax.axvspan(lo / 1e6, hi / 1e6, color="tab:red", alpha=0.15, label="JaxMARL: 0.8 reached (range over seeds)")
+        if hi > lo:
+            ax.axvspan(lo / 1e6, hi / 1e6, color="tab:red", alpha=0.15, label="JaxMARL: 0.8 reached (range over seeds)")
+        else:
+            ax.axvline(lo / 1e6, color="tab:red", alpha=0.5, label="JaxMARL: 0.8 reached (1 seed)")
         ax.plot([2.0], [at_2m], "r*", ms=12, label=f"JaxMARL at 2M: {at_2m}")
         ax.axhline(0.8, color="red", ls="--", lw=1)
         ax.axvline(GOALS[scenario] / 1e6, color="grey", ls=":", label="issue 14's goal: 0.8 by here")
