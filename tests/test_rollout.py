@@ -209,9 +209,16 @@ def test_fast_sampler_episodes_mode_returns_exactly_that_many_finished_episodes(
 
 
 @pytest.mark.slow
-def test_bulk_learner_batch_equals_rllibs_pipeline_column_by_column(ray_local):
-    algo = _mappo(ray_local).training(bulk_learner_connector=False).build_algo()
+@pytest.mark.parametrize("fast_sampling", [True, False])
+def test_bulk_learner_batch_equals_rllibs_pipeline_column_by_column(ray_local, fast_sampling):
+    """On the vectorised sampler's episodes and on RLlib's own (whose continued chunks carry a lookback)."""
+    algo = (
+        _mappo(ray_local, env_kwargs={"fast_sampling": fast_sampling})
+        .training(bulk_learner_connector=False)
+        .build_algo()
+    )
     try:
+        assert (algo.env_runner._fast_rollout() is not None) == fast_sampling
         learner = algo.learner_group._learner
         assert not learner.bulk_pipeline
         episodes = algo.env_runner.sample(num_timesteps=8 * 40) + algo.env_runner.sample(num_timesteps=8 * 40)
