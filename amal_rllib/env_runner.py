@@ -50,6 +50,7 @@ class TeamEnvRunner(MultiAgentEnvRunner):
         super().make_env()
         self._rollout = None
         self._fast_checked = False
+        self._want_fast = False
         env_config = dict(self.config.env_config or {})
         if env_config.pop("backend", None) != "smax" or not env_config.pop("vectorize", True):
             return
@@ -89,7 +90,7 @@ class TeamEnvRunner(MultiAgentEnvRunner):
     def _fast_rollout(self):
         if not self._fast_checked:
             self._fast_checked = True
-            if getattr(self, "_want_fast", False):
+            if self._want_fast:
                 reason = self._fast_path_blocker()
                 if reason is None:
                     from .rollout import VectorRollout

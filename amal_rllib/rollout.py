@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
-from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.env.single_agent_episode import _REWARDS_BOX_SPACE, SingleAgentEpisode
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
@@ -136,7 +136,7 @@ def build_episode(
             observations=_buffer({k: np.ascontiguousarray(rows[:, s]) for k, s in zip(OBS_KEYS, layout, strict=True)}),
             infos=_buffer(infos),
             actions=_buffer(np.ascontiguousarray(actions[:, j])),
-            rewards=_buffer(team_rewards.copy(), space=_rewards_space()),
+            rewards=_buffer(team_rewards.copy(), space=_REWARDS_BOX_SPACE),
             extra_model_outputs={k: _buffer(np.ascontiguousarray(v[:, j])) for k, v in extra_model_outputs.items()},
             terminated=terminated,
             truncated=truncated,
@@ -153,12 +153,6 @@ def build_episode(
     episode.is_truncated = bool(truncated)
     episode.validate()
     return episode
-
-
-def _rewards_space():
-    from ray.rllib.env.single_agent_episode import _REWARDS_BOX_SPACE
-
-    return _REWARDS_BOX_SPACE
 
 
 @dataclass

@@ -187,9 +187,11 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
         actions = module_batch[Columns.ACTIONS][rows].long()
         log_lik = action_log_likelihoods(module.world_model, x[rows], next_x[rows])
         params = {name: p.detach() for name, p in module.actor.named_parameters()}
-        if self.mi_temperature is None:
-            log_pi = masked_log_policy(module.actor(x[rows]), action_mask[rows])
-            temperature = cross_fitted_temperature(log_pi, log_lik, actions)
+        if self.mi_temperature is None:  # fitted on the policy the MI pass computes
+
+            def temperature(log_pi: torch.Tensor) -> float:
+                return cross_fitted_temperature(log_pi, log_lik, actions)
+
         else:
             temperature = self.mi_temperature
         noise = sample_parameter_noise(
@@ -216,7 +218,7 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
             MI_BONUS_MEAN: float(bonus.mean()),
             MI_BONUS_STD: float(bonus.std()),
             INTRINSIC_EXTRINSIC_RATIO: float(bonus.abs().sum() / extrinsic.abs().sum().clamp_min(1e-8)),
-            MI_TEMPERATURE: float(temperature),
+            MI_TEMPERATURE: parts.temperature,
             MI_HIT_RATE: float(hit.float().mean()),
             MI_ESTIMATE_HIT_MEAN: float(mi[hit].mean()) if hit.any() else math.nan,
             MI_ESTIMATE_MISS_MEAN: float(mi[~hit].mean()) if (~hit).any() else math.nan,

@@ -24,7 +24,7 @@ model ignores the action.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -220,13 +220,14 @@ def mi_estimate(
 
 @dataclass(frozen=True)
 class MIParts:
-    """``I_hat`` at the fitted temperature, at 1.0 (Proposition 1 as written), and the per-row ceiling
+    """``I_hat`` at ``temperature``, at 1.0 (Proposition 1 as written), and the per-row ceiling
     ``log pi(a*) - log pibar(a*)`` (``pibar`` the mean of the ``K`` perturbed policies, ``a*`` the action
     taken), whose batch mean estimates ``KL(pi || pibar)``. All ``[B]``."""
 
     estimate: torch.Tensor
     untempered: torch.Tensor
     ceiling: torch.Tensor
+    temperature: float
 
 
 def mi_estimate_parts(
@@ -237,17 +238,24 @@ def mi_estimate_parts(
     action_mask: torch.Tensor,
     log_lik: torch.Tensor,
     actions: torch.Tensor,
-    temperature: float,
+    temperature: float | Callable[[torch.Tensor], float],
 ) -> MIParts:
-    """:func:`mi_estimate` at ``temperature`` and at 1.0, and the ceiling, from one batched actor pass."""
+    """:func:`mi_estimate` at ``temperature`` and at 1.0, and the ceiling, from one batched actor pass.
+
+    ``temperature`` may be a function of the unperturbed ``log pi(a | o)`` ``[B, A]`` (e.g. a fit on
+    held-out rows): it gets the policy the batched pass computed anyway, so the actor runs once.
+    """
     log_pis, centred = _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik)
     batch = obs.shape[0]
     flat = log_pis.permute(0, 2, 1, 3).reshape(-1, log_pis.shape[1], log_pis.shape[-1])[:batch]  # [B, K+1, A]
+    if callable(temperature):
+        temperature = float(temperature(flat[:, 0]))
     taken = flat.gather(2, actions.long().view(-1, 1, 1).expand(-1, flat.shape[1], 1)).squeeze(2)  # [B, K+1]
     return MIParts(
         estimate=_estimate(log_pis, centred, temperature, batch),
         untempered=_estimate(log_pis, centred, 1.0, batch),
         ceiling=taken[:, 0] - log_mean_exp(taken[:, 1:], dim=1),
+        temperature=float(temperature),
     )
 
 
