@@ -8,6 +8,7 @@ from typing import Any
 from .amal import AMALConfig
 from .amal.config import AMAL_KNOBS
 from .mappo import MAPPOConfig
+from .mappo.config import DEFAULT_NUM_ENVS_PER_ENV_RUNNER, DEFAULT_NUM_MINIBATCHES, DEFAULT_TRAIN_BATCH_SIZE
 
 #: Episodes the training win rate (and RLlib's episode metrics) average over.
 TRAINING_WIN_RATE_EPISODES = 1000
@@ -19,9 +20,9 @@ def mappo_config(
     *,
     seed: int = 0,
     num_env_runners: int = 0,
-    num_envs_per_env_runner: int = 128,
-    train_batch_size: int = 16384,
-    num_minibatches: int | None = 4,
+    num_envs_per_env_runner: int = DEFAULT_NUM_ENVS_PER_ENV_RUNNER,
+    train_batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
+    num_minibatches: int | None = DEFAULT_NUM_MINIBATCHES,
     evaluation_interval: int | None = 5,
     evaluation_episodes: int = 16,
     num_gpus_per_learner: float = 0,

@@ -30,6 +30,8 @@ import math
 import time
 from pathlib import Path
 
+from amal_rllib.mappo.config import DEFAULT_NUM_ENVS_PER_ENV_RUNNER, DEFAULT_NUM_MINIBATCHES, DEFAULT_TRAIN_BATCH_SIZE
+
 FIELDS = [
     "algo", "scenario", "seed", "iteration", "env_steps", "env_steps_primary", "env_steps_auxiliary", "wall_s",
     "win_rate", "team_return_mean", "episode_len_mean", "eval_win_rate", "eval_team_return_mean",
@@ -207,12 +209,12 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.8)
     parser.add_argument("--runners", type=int, default=0, help="remote env runners (0: the algorithm's process)")
     parser.add_argument("--aux-runners", type=int, default=1)
-    parser.add_argument("--envs-per-runner", type=int, default=128)
+    parser.add_argument("--envs-per-runner", type=int, default=DEFAULT_NUM_ENVS_PER_ENV_RUNNER)
     parser.add_argument("--set", dest="amal_knobs", type=knob, action="append", default=[], metavar="KNOB=VALUE",
                         help="a config knob, e.g. --set lambda_info=0.1 (AMAL only) or --set lr=2e-3 (any "
                         ".training() setting; repeatable)")
-    parser.add_argument("--train-batch", type=int, default=16384)
-    parser.add_argument("--num-minibatches", type=int, default=4, help="minibatches per epoch")
+    parser.add_argument("--train-batch", type=int, default=DEFAULT_TRAIN_BATCH_SIZE)
+    parser.add_argument("--num-minibatches", type=int, default=DEFAULT_NUM_MINIBATCHES, help="minibatches per epoch")
     parser.add_argument("--anneal-lr", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old commands
     parser.add_argument("--anneal-lr-steps", type=int, help="where the lr reaches 0 (default: --env-steps, JaxMARL's ANNEAL_LR)")
     parser.add_argument("--constant-lr", action="store_true", help="no lr annealing")

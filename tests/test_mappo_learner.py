@@ -191,6 +191,8 @@ def test_loss_is_finite_and_reaches_actor_and_critic(learner):
         ({"lr_anneal_env_steps": 0}, "lr_anneal_env_steps"),
         ({"use_kl_loss": True}, "use_kl_loss"),
         ({"vf_clip_param": 10.0}, "vf_clip_param"),
+        ({"adam_eps": 0.0}, "adam_eps"),
+        ({"separate_critic_optimizer": "yes"}, "separate_critic_optimizer"),
     ],
 )
 def test_invalid_config_values_are_rejected(kwargs, match):
@@ -230,6 +232,8 @@ def test_defaults_are_jaxmarls_smax_settings_and_the_papers_stay_reachable():
     paper = MAPPOConfig().training(**MAPPO_PAPER_SETTINGS)
     assert (paper.lr, paper.entropy_coeff, paper.grad_clip, paper.num_epochs) == (5e-4, 0.01, 10.0, 5)
     assert paper.actor_hidden == (64, 64) and paper.use_layer_norm and paper.lr_or_schedule() == 5e-4
+    assert config.separate_critic_optimizer and config.adam_eps == 1e-5
+    assert not paper.separate_critic_optimizer and paper.adam_eps == 1e-8
 
 
 def test_team_env_runner_returns_numpy_episodes_once():
@@ -255,3 +259,47 @@ def test_minibatches_are_counted_in_agent_rows_not_env_steps():
     config.validate()
     with pytest.raises(ValueError, match="more agent rows than a batch holds"):
         mappo_config("3m").training(minibatch_size=16384 * 3 + 1).validate()
+
+
+def _clipped_actor_and_critic_grads(config, lrn, batch):
+    """The module's gradients after ``grad_clip`` (RLlib's per-optimiser clip), actor and critic apart."""
+    loss_and_grads(config, lrn, batch)
+    module = lrn.module[SHARED_POLICY]
+    grads = {lrn.get_param_ref(p): p.grad.clone() for p in module.parameters() if p.grad is not None}
+    raw = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+    out = lrn.postprocess_gradients_for_module(
+        module_id=SHARED_POLICY, config=config.get_config_for_module(SHARED_POLICY), module_gradients_dict=grads
+    )
+    by_name = {name: out[lrn.get_param_ref(p)] for name, p in module.named_parameters() if p.grad is not None}
+    norm = lambda d, part: torch.sqrt(sum((g**2).sum() for n, g in d.items() if n.startswith(part)))  # noqa: E731
+    return {part: (norm(raw, part), norm(by_name, part)) for part in ("actor", "critic")}
+
+
+def test_actor_and_critic_get_their_own_adam_and_gradient_clip(learner):
+    """JaxMARL's two train states: a critic gradient far above ``grad_clip`` does not shrink the
+    actor's step (each network's norm is clipped apart); with one optimiser it does."""
+    config, lrn = learner
+    module = lrn.module[SHARED_POLICY]
+    optimizers = dict(lrn.get_optimizers_for_module(SHARED_POLICY))
+    assert set(optimizers) == {"default_optimizer", "critic"}
+    critic_ids = {id(p) for p in module.critic.parameters()}
+    groups = {name: {id(p) for g in opt.param_groups for p in g["params"]} for name, opt in optimizers.items()}
+    assert groups["critic"] == critic_ids
+    assert groups["default_optimizer"] == {id(p) for p in module.parameters()} - critic_ids
+    assert all(g["eps"] == 1e-5 for opt in optimizers.values() for g in opt.param_groups)
+
+    batch = env_batch(seed=3)
+    batch[Postprocessing.VALUE_TARGETS] = batch[Postprocessing.VALUE_TARGETS] * 1e4  # a large critic gradient
+    norms = _clipped_actor_and_critic_grads(config, lrn, batch)
+    (actor_raw, actor_clipped), (critic_raw, critic_clipped) = norms["actor"], norms["critic"]
+    assert critic_raw > 2 * config.grad_clip
+    torch.testing.assert_close(critic_clipped, torch.tensor(config.grad_clip))
+    torch.testing.assert_close(actor_clipped, torch.clamp(actor_raw, max=config.grad_clip))
+
+    joint_config = MAPPOConfig().environment(CoordinationEnv).training(separate_critic_optimizer=False)
+    joint = joint_config.build_learner(env=CoordinationEnv())
+    assert [name for name, _ in joint.get_optimizers_for_module(SHARED_POLICY)] == ["default_optimizer"]
+    norms = _clipped_actor_and_critic_grads(joint_config, joint, batch)
+    (actor_raw, actor_clipped), (critic_raw, _) = norms["actor"], norms["critic"]
+    total = torch.sqrt(actor_raw**2 + critic_raw**2)
+    torch.testing.assert_close(actor_clipped, actor_raw * config.grad_clip / total)

@@ -1,6 +1,7 @@
 """AMAL's learner: MAPPO's loss (with importance weights on auxiliary samples) plus the world model.
 
-- Two optimizers per module: the actor and critic (``lr``), and the world model
+- Optimizers per module: MAPPO's (the actor and the critic, each its own with
+  ``separate_critic_optimizer``; ``lr``) and the world model's
   (``world_model_lr``). Gradient clipping is per optimizer, so the world model
   never changes the policy's update.
 - The world-model loss sees only rows with ``world_model_mask`` (primary
@@ -75,12 +76,7 @@ class AMALTorchLearner(MAPPOTorchLearner):
         wm_ids = {id(p) for p in world_model.parameters()}
         policy_params = [p for p in self.get_parameters(module) if id(p) not in wm_ids]
         wm_params = list(world_model.parameters())
-        self.register_optimizer(
-            module_id=module_id,
-            optimizer=torch.optim.Adam(policy_params),
-            params=policy_params,
-            lr_or_lr_schedule=config.lr_or_schedule(),
-        )
+        self.register_policy_optimizers(module_id, config, policy_params)
         self.register_optimizer(
             module_id=module_id,
             optimizer_name=WORLD_MODEL_OPTIMIZER,

@@ -9,7 +9,8 @@ targets bounds the gradient.
 Optimisation settings (issue 14): JaxMARL's MAPPO on SMAX (lr 2e-3 annealed
 linearly to 0 over the run, 4 epochs x 4 minibatches of 128 envs x 128 steps,
 entropy 0, gradient norm 0.25, value coefficient 0.5, 128-unit layers, no
-LayerNorm), as an MLP: ablations on SMAX 3m (``docs/results/mappo_parity``)
+LayerNorm, the actor and the critic each with its own Adam and gradient clip
+like JaxMARL's two train states), as an MLP: ablations on SMAX 3m (``docs/results/mappo_parity``)
 measured these against the paper's settings. The paper's settings, the
 defaults before issue 14, stay one call away:
 ``config.training(**MAPPO_PAPER_SETTINGS)``.
@@ -70,6 +71,12 @@ def with_battle_metrics(callbacks_class: Any) -> Any:
     return [BattleMetricsCallback, *classes]
 
 
+#: JaxMARL's SMAX shape, the one place for it (presets, the study and scripts read these): envs per runner,
+#: env steps per iteration (128 envs x 128 steps) and minibatches per epoch.
+DEFAULT_NUM_ENVS_PER_ENV_RUNNER = 128
+DEFAULT_TRAIN_BATCH_SIZE = 16384
+DEFAULT_NUM_MINIBATCHES = 4
+
 #: The settings before issue 14 (Yu et al.'s MAPPO SMAC values, 64-unit LayerNorm MLPs): one call away,
 #: ``config.training(**MAPPO_PAPER_SETTINGS)``, for runs that compare with the earlier results.
 MAPPO_PAPER_SETTINGS: dict[str, Any] = {
@@ -82,6 +89,8 @@ MAPPO_PAPER_SETTINGS: dict[str, Any] = {
     "actor_hidden": (64, 64),
     "critic_hidden": (64, 64),
     "use_layer_norm": True,
+    "separate_critic_optimizer": False,
+    "adam_eps": 1e-8,
 }
 
 
@@ -103,7 +112,7 @@ class MAPPOConfig(PPOConfig):
         self.grad_clip = 0.25
         self.grad_clip_by = "global_norm"
         self.num_epochs = 4
-        self.train_batch_size_per_learner = 16384
+        self.train_batch_size_per_learner = DEFAULT_TRAIN_BATCH_SIZE
         self.minibatch_size = None
         self.use_kl_loss = False
         self.kl_coeff = 0.0
@@ -115,12 +124,17 @@ class MAPPOConfig(PPOConfig):
         self.use_value_norm = DEFAULT_MODEL_CONFIG["use_value_norm"]
         self.value_norm_beta = DEFAULT_MODEL_CONFIG["value_norm_beta"]
         self.huber_delta = 10.0
+        # JaxMARL's two train states: the actor and the critic each get their own Adam (eps 1e-5) and
+        # their own gradient-norm clip. One Adam over both clips them jointly: the critic's gradient
+        # then sets the actor's step size.
+        self.separate_critic_optimizer = True
+        self.adam_eps = 1e-5
         # The learner's episodes-to-batch pipeline in bulk (amal_rllib.learner_connector); False: RLlib's.
         self.bulk_learner_connector = True
         # Many envs per runner: TeamEnvRunner steps them in one vmapped call with one policy forward.
         # RLlib 2.60's MultiAgentEnvRunner re-numpy-izes every finished episode at every step when
         # `episodes_to_numpy` is on (quadratic); TeamEnvRunner converts each returned episode once.
-        self.num_envs_per_env_runner = 128
+        self.num_envs_per_env_runner = DEFAULT_NUM_ENVS_PER_ENV_RUNNER
         self.episodes_to_numpy = False
         self.env_runner_cls = TeamEnvRunner
         # One shared policy for the whole team; win rate and team return metrics.
@@ -138,6 +152,8 @@ class MAPPOConfig(PPOConfig):
         huber_delta: float = NotProvided,
         bulk_learner_connector: bool = NotProvided,
         lr_anneal_env_steps: int | None = NotProvided,
+        separate_critic_optimizer: bool = NotProvided,
+        adam_eps: float = NotProvided,
         **kwargs: Any,
     ) -> MAPPOConfig:
         super().training(**kwargs)
@@ -150,6 +166,8 @@ class MAPPOConfig(PPOConfig):
             ("huber_delta", huber_delta),
             ("bulk_learner_connector", bulk_learner_connector),
             ("lr_anneal_env_steps", lr_anneal_env_steps),
+            ("separate_critic_optimizer", separate_critic_optimizer),
+            ("adam_eps", adam_eps),
         ):
             if value is not NotProvided:
                 setattr(self, name, tuple(value) if name.endswith("hidden") else value)
@@ -245,6 +263,10 @@ class MAPPOConfig(PPOConfig):
             errors.append(f"value_norm_beta={self.value_norm_beta}: must be in (0, 1), e.g. 0.99999")
         if self.num_epochs < 1:
             errors.append(f"num_epochs={self.num_epochs}: must be >= 1")
+        if not (isinstance(self.adam_eps, (int, float)) and 0 < self.adam_eps < 1):
+            errors.append(f"adam_eps={self.adam_eps!r}: must be in (0, 1), e.g. 1e-5")
+        if not isinstance(self.separate_critic_optimizer, bool):
+            errors.append(f"separate_critic_optimizer={self.separate_critic_optimizer!r}: must be True or False")
         if self.grad_clip is not None and not self.grad_clip > 0:
             errors.append(f"grad_clip={self.grad_clip}: must be > 0 or None")
         anneal = self.lr_anneal_env_steps

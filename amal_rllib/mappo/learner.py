@@ -7,7 +7,7 @@ import torch
 from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER, ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.torch_utils import explained_variance
 
@@ -15,6 +15,9 @@ from ..core.losses import huber, masked_mean, ppo_clip_objective
 from ..envs.spec import ALIVE_KEY
 from ..learner_connector import use_bulk_pipeline
 from ..metrics import CLIP_FRACTION
+
+#: The critic's optimiser when ``separate_critic_optimizer`` is on (the actor keeps RLlib's default name).
+CRITIC_OPTIMIZER = "critic"
 
 #: Optional per-sample weight of the policy term (AMAL: clipped importance ratios of
 #: auxiliary samples, 1.0 for on-policy samples). Absent in MAPPO's batches.
@@ -40,13 +43,28 @@ class MAPPOTorchLearner(PPOTorchLearner):
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         """PPO's Adam over the module's parameters, with ``lr_anneal_env_steps`` applied."""
         module = self._module[module_id]
-        params = self.get_parameters(module)
-        self.register_optimizer(
-            module_id=module_id,
-            optimizer=torch.optim.Adam(params),
-            params=params,
-            lr_or_lr_schedule=config.lr_or_schedule(),
-        )
+        self.register_policy_optimizers(module_id, config, self.get_parameters(module))
+
+    def register_policy_optimizers(self, module_id, config, params: list) -> None:
+        """Adam over the actor and critic ``params``: one optimiser (``default_optimizer``), or with
+        ``separate_critic_optimizer`` the critic's own (``critic``, JaxMARL's two train states), so
+        that ``grad_clip`` clips each network's gradient norm apart. Both follow ``lr_or_schedule()``."""
+        critic = getattr(self._module[module_id].unwrapped(), "critic", None)
+        critic_ids = {id(p) for p in critic.parameters()} if critic is not None else set()
+        groups = [(DEFAULT_OPTIMIZER, params)]
+        if config.separate_critic_optimizer and critic_ids:
+            groups = [
+                (DEFAULT_OPTIMIZER, [p for p in params if id(p) not in critic_ids]),
+                (CRITIC_OPTIMIZER, [p for p in params if id(p) in critic_ids]),
+            ]
+        for name, group in groups:
+            self.register_optimizer(
+                module_id=module_id,
+                optimizer_name=name,
+                optimizer=torch.optim.Adam(group, eps=config.adam_eps),
+                params=group,
+                lr_or_lr_schedule=config.lr_or_schedule(),
+            )
 
     def episode_columns(self) -> dict:
         """Per-chunk constant columns for the bulk pipeline (AMAL adds one)."""

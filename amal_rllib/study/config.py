@@ -26,6 +26,7 @@ import yaml
 from ..amal.config import _NUMERIC_BOUNDS
 from ..envs.registry import known_scenarios
 from ..envs.spec import BACKENDS
+from ..mappo.config import DEFAULT_NUM_ENVS_PER_ENV_RUNNER, DEFAULT_NUM_MINIBATCHES, DEFAULT_TRAIN_BATCH_SIZE
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("smoke", "local", "cluster", "two_core_full")
@@ -62,10 +63,10 @@ class StudyConfig:
     seeds: int = 5
     # Per-trial algorithm settings (the presets in ``amal_rllib.presets``).
     num_env_runners: int = 0
-    num_envs_per_env_runner: int = 128
+    num_envs_per_env_runner: int = DEFAULT_NUM_ENVS_PER_ENV_RUNNER
     num_aux_env_runners: int = 1
-    train_batch_size: int = 16384
-    num_minibatches: int = 4
+    train_batch_size: int = DEFAULT_TRAIN_BATCH_SIZE
+    num_minibatches: int = DEFAULT_NUM_MINIBATCHES
     evaluation_interval: int = 5
     evaluation_episodes: int = 32
     num_gpus_per_learner: float | str = "auto"  # "auto": 1 when the cluster has a GPU
