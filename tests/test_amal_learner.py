@@ -317,3 +317,19 @@ def test_mi_on_real_smax_transitions_is_nonnegative_with_an_overconfident_world_
     assert stats[MI_ESTIMATE_MEAN] <= stats[MI_CEILING_MEAN] + 0.02, stats
     print({k: round(v, 4) for k, v in stats.items()})
     assert stats[MI_ESTIMATE_UNTEMPERED_MEAN] < 0, stats
+
+
+def test_a_fresh_world_model_gives_finite_rewards_and_a_broken_one_a_clear_error(episodes_blob):
+    """At the first iteration the world model is fresh (zero heads: every action predicts the same ``o'``):
+    the fitted temperature is 0 and the bonus must be 0, not nan (``0 * -inf`` on invalid actions made it
+    nan, and the nan rewards stopped 2 of 5 study trials for good). A world model that outputs nan stops
+    the batch with an error that says so."""
+    for temperature in (None, 0.0):  # fitted (0 up to float noise, which decided it in the study) and exactly 0
+        learner = build_learner(amal(lambda_info=0.5, aux_ratio=0.0, mi_temperature=temperature))
+        batch = connector_batch(learner, fresh(episodes_blob)[0])
+        assert torch.isfinite(batch[Columns.REWARDS]).all()
+        assert (batch[Columns.OBS]["action_mask"] < 0.5).any()  # invalid actions are in the batch
+    with torch.no_grad():
+        learner.module[SHARED_POLICY].world_model.heads.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="MI bonus is nan/inf"):
+        connector_batch(learner, fresh(episodes_blob)[0])

@@ -411,3 +411,30 @@ def test_mi_parts_equal_the_per_sample_reference_at_any_temperature_and_the_ceil
             ]
             pibar = torch.stack([masked_log_policy(p, mask[b : b + 1])[0, actions[b]].exp() for p in perturbed]).mean()
             torch.testing.assert_close(parts.ceiling[b], log_pi - torch.log(pibar), atol=1e-5, rtol=1e-4)
+
+
+def test_an_uninformative_world_model_gives_temperature_zero_and_a_zero_finite_bonus():
+    """A fresh world model (zero heads: every action predicts the same ``o'``) cannot beat ``tau = 0``; the
+    estimate is then exactly 0 on every row, invalid actions included (``0 * -inf`` would be nan and, through
+    the rewards, poison the value normaliser for good: the bug that stopped 2 of 5 study trials at their
+    first iteration)."""
+    actor, params = actor_and_params()
+    obs, mask, _ = random_batch()
+    assert (mask < 0.5).any()
+    log_lik = torch.full(mask.shape, -37.5)  # identical for every action
+    actions = torch.multinomial(mask, 1, generator=torch.Generator().manual_seed(4)).squeeze(1)
+    noise = sample_parameter_noise(params, 5, 3, 0.2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        log_pi = masked_log_policy(actor(obs), mask)
+        assert fit_likelihood_temperature(log_pi, log_lik, actions) == 0.0
+        parts = mi_estimate_parts(
+            actor, params, noise, obs, mask, log_lik, actions, lambda lp: fit_likelihood_temperature(lp, log_lik, actions)
+        )
+    assert parts.temperature == 0.0
+    torch.testing.assert_close(parts.estimate, torch.zeros_like(parts.estimate))
+    torch.testing.assert_close(parts.untempered, torch.zeros_like(parts.untempered))
+    assert torch.isfinite(normalised_bonus(parts.estimate, 0.5, scale=2.0)).all()
+    with torch.no_grad():  # at tau = 0 on an informative model too: the posterior is the policy, I_hat = 0
+        _, _, informative = random_batch()
+        zero = mi_estimate(actor, params, noise, obs, mask, informative, temperature=0.0)
+    torch.testing.assert_close(zero, torch.zeros_like(zero))

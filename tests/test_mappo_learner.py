@@ -303,3 +303,18 @@ def test_actor_and_critic_get_their_own_adam_and_gradient_clip(learner):
     (actor_raw, actor_clipped), (critic_raw, _) = norms["actor"], norms["critic"]
     total = torch.sqrt(actor_raw**2 + critic_raw**2)
     torch.testing.assert_close(actor_clipped, actor_raw * config.grad_clip / total)
+
+
+def test_a_nan_value_target_stops_the_update_with_a_clear_error(learner):
+    """A nan reward reaching a value target would enter the value normaliser for good; the loss refuses it
+    (RLlib alone would zero the nan gradients and go on, update after update)."""
+    config, lrn = learner
+    batch = env_batch(seed=5)
+    value_norm = lrn.module[SHARED_POLICY].value_norm
+    before = {k: v.clone() for k, v in value_norm.state_dict().items()}
+    targets = batch[Postprocessing.VALUE_TARGETS].clone()
+    targets[3] = float("nan")
+    with pytest.raises(FloatingPointError, match="1 of 64 value targets are nan/inf"):
+        loss_and_grads(config, lrn, {**batch, Postprocessing.VALUE_TARGETS: targets})
+    for key, value in value_norm.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)

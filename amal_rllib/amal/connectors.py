@@ -207,6 +207,12 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
         mi = parts.estimate
         extrinsic = module_batch[Columns.REWARDS][rows].float()
         bonus = normalised_bonus(mi, self.lambda_info, scale=float(extrinsic.std()))
+        if not bool(torch.isfinite(bonus).all()):
+            raise FloatingPointError(
+                f"AMAL's MI bonus is nan/inf on {int((~torch.isfinite(bonus)).sum())} of {bonus.numel()} rows "
+                f"(likelihood temperature {parts.temperature}, world-model log-likelihoods finite: "
+                f"{bool(torch.isfinite(log_lik).all())}); refusing to add it to the rewards"
+            )
         rewards = module_batch[Columns.REWARDS].clone()
         rewards[rows] += bonus.to(rewards.dtype)
         module_batch[Columns.REWARDS] = rewards

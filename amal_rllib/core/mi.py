@@ -190,8 +190,14 @@ def _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik):
     return log_pis, centred.view(num_chunks, chunk, -1)
 
 
+def tempered(centred_log_lik: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``temperature * log p(o' | o, a)`` for valid actions; invalid ones stay ``-inf`` (also at ``tau = 0``,
+    where a plain product would give ``0 * -inf = nan``)."""
+    return torch.where(torch.isfinite(centred_log_lik), centred_log_lik * temperature, centred_log_lik)
+
+
 def _estimate(log_pis: torch.Tensor, centred: torch.Tensor, temperature: float, batch: int) -> torch.Tensor:
-    log_p = mixture_log_prob(log_pis, centred[:, None] * temperature)  # [C, K+1, M]
+    log_p = mixture_log_prob(log_pis, tempered(centred, temperature)[:, None])  # [C, K+1, M]
     return (log_p[:, 0] - log_mean_exp(log_p[:, 1:], dim=1)).reshape(-1)[:batch]
 
 

@@ -32,6 +32,18 @@ def sample_mask(batch: dict) -> torch.Tensor:
     return mask
 
 
+def check_finite_targets(targets: torch.Tensor) -> None:
+    """Fail loudly on a nan/inf value target: it would enter the value normaliser's running statistics and
+    every later update (RLlib would only zero the gradients, update after update)."""
+    bad = ~torch.isfinite(targets)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"{int(bad.sum())} of {targets.numel()} value targets are nan/inf: the rewards (an intrinsic "
+            "bonus?) or the critic's values are not finite in this batch; stopping before the value normaliser "
+            "and the networks take them in"
+        )
+
+
 class MAPPOTorchLearner(PPOTorchLearner):
     def build(self) -> None:
         super().build()
@@ -84,6 +96,7 @@ class MAPPOTorchLearner(PPOTorchLearner):
         entropy = dist.entropy()
 
         targets = batch[Postprocessing.VALUE_TARGETS]
+        check_finite_targets(targets)
         values_n = module.normalized_values(batch)
         if module.use_value_norm:
             module.value_norm.update(targets[mask > 0])

@@ -1,9 +1,11 @@
 """MAPPO parity with JaxMARL: our curves (training and greedy win rate vs env steps) beside JaxMARL's figures.
 
-    python docs/results/mappo_parity/plot.py [--runs results/mappo_parity]
+    python docs/results/mappo_parity/plot.py [--runs results/mappo_parity] [--study-report DIR]
 
-Reads ``<runs>/<map>/curves.csv`` (``run.sh``), writes ``parity.png``, ``summary.csv`` and copies the
-curves next to this file. JaxMARL's figures are the ones issue 14 measured on this machine with
+Reads ``<runs>/<map>/curves.csv`` (``run.sh``, ``scripts/learning_curves.py``) and, with
+``--study-report``, the MAPPO confirm trials of a Tune study's report (``<DIR>/curves.csv``, written by
+``tune_jobs/amal_vs_mappo.py``, same defaults) for maps without learning-curve runs; writes
+``parity.png``, ``summary.csv`` and copies the curves used next to this file. JaxMARL's figures are the ones issue 14 measured on this machine with
 JaxMARL's own MAPPO (GRU 128 + FC 128, its repo defaults): a 0.8 training win rate after 0.77-1.13M
 env steps (mean 0.90M, 3 seeds) and 0.86 at 2M on 3m; 0.8 at 0.56M and 0.99 at 2M on 2s3z (1 seed).
 """
@@ -11,7 +13,6 @@ env steps (mean 0.90M, 3 seeds) and 0.86 at 2M on 3m; 0.8 at 0.56M and 0.99 at 2
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -32,17 +33,40 @@ def first_at(df: pd.DataFrame, column: str, level: float) -> float:
     return float(hit.iloc[0]) if len(hit) else float("nan")
 
 
+def study_mappo_curves(report_dir: Path, scenario: str) -> pd.DataFrame:
+    """The study's MAPPO confirm trials on ``scenario`` in ``learning_curves.py``'s columns."""
+    df = pd.read_csv(report_dir / "curves.csv")
+    df = df[(df["phase"] == "confirm") & (df["variant"] == "mappo") & (df["scenario"] == scenario)]
+    return pd.DataFrame({
+        "algo": "mappo", "scenario": scenario, "seed": df["seed"], "iteration": df["iteration"],
+        "env_steps": df["env_steps_total"], "win_rate": df["train_win_rate"], "eval_win_rate": df["greedy_win_rate"],
+    }).sort_values(["seed", "iteration"])
+
+
+def load_curves(runs: Path, study_report: Path | None, scenario: str) -> pd.DataFrame | None:
+    if (runs / scenario / "curves.csv").is_file():
+        return pd.read_csv(runs / scenario / "curves.csv")
+    if study_report is not None:
+        df = study_mappo_curves(study_report, scenario)
+        return df if len(df) else None
+    return None
+
+
 def main() -> None:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=Path, default=Path("results/mappo_parity"))
+    parser.add_argument("--study-report", type=Path, help="a study's report folder (MAPPO confirm trials)")
+    parser.add_argument("--out", type=Path, default=here, help="where the plot, summary and curves go")
     args = parser.parse_args()
-    maps = [m for m in JAXMARL if (args.runs / m / "curves.csv").is_file()]
+    curves = {m: load_curves(args.runs, args.study_report, m) for m in JAXMARL}
+    maps = [m for m, df in curves.items() if df is not None]
+    args.out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(maps), 2, figsize=(13, 4.5 * len(maps)), squeeze=False)
     rows = []
     for i, scenario in enumerate(maps):
-        df = pd.read_csv(args.runs / scenario / "curves.csv")
-        shutil.copy(args.runs / scenario / "curves.csv", here / f"curves_{scenario}.csv")
+        df = curves[scenario]
+        df.to_csv(args.out / f"curves_{scenario}.csv", index=False)
         (lo, mean, hi), at_2m = JAXMARL[scenario]
         for seed, g in df.groupby("seed"):
             axes[i, 0].plot(g["env_steps"] / 1e6, g["win_rate"], label=f"ours, seed {seed}")
@@ -78,9 +102,9 @@ def main() -> None:
             ax.set_ylim(-0.02, 1.02)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(here / "parity.png", dpi=110)
+    fig.savefig(args.out / "parity.png", dpi=110)
     summary = pd.DataFrame(rows)
-    summary.to_csv(here / "summary.csv", index=False)
+    summary.to_csv(args.out / "summary.csv", index=False)
     print(summary.to_string(index=False))
 
 

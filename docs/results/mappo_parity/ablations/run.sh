@@ -1,6 +1,6 @@
 #!/bin/bash
 # MAPPO baseline ablations on SMAX 3m, seed 0, 1M env steps (issue 14, section 2).
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../../.."
 . .venv/bin/activate
 COMMON="--algos mappo --scenario 3m --seeds 0 --env-steps 1000000 --runners 0 --envs-per-runner 128 --train-batch 16384 --eval-interval 5 --eval-episodes 32 --overwrite"
 JAXMARL="--num-minibatches 4 --anneal-lr --anneal-lr-steps 2000000 --set lr=2e-3 --set num_epochs=4 --set entropy_coeff=0.0 --set grad_clip=0.25 --set vf_loss_coeff=0.5"

@@ -1,6 +1,6 @@
 #!/bin/bash
 # More MAPPO ablations on SMAX 3m (seed 0, 1M env steps), after run.sh.
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../../.."
 . .venv/bin/activate
 while pgrep -f results/ablate/run.sh > /dev/null; do sleep 10; done
 COMMON="--algos mappo --scenario 3m --seeds 0 --env-steps 1000000 --runners 0 --envs-per-runner 128 --train-batch 16384 --eval-interval 5 --eval-episodes 32 --overwrite"
