@@ -8,7 +8,7 @@
 # line for 3m and 2s3z, seeds 0-2, `--out results/mappo_parity/<map>`.
 cd "$(dirname "$0")/../../.."
 . .venv/bin/activate
-OUT=results/mappo_parity_v2
+OUT=results/mappo_parity_v2   # git-ignored; plot.py copies the curves it used next to itself
 mkdir -p $OUT
 python scripts/learning_curves.py --algos mappo --scenario 2s3z --seeds 0 1 2 --env-steps 2000000 \
     --eval-interval 5 --eval-episodes 32 --out $OUT/2s3z > $OUT/2s3z.log 2>&1
