@@ -1,4 +1,4 @@
-"""Copy a study's experiment folder into a small, committable one that ``--resume`` can continue from.
+"""Copy a study's experiment folder into a leaner, committable one that ``--resume`` can continue from.
 
     python docs/results/study_two_core_full/save_state.py results/tune/two_core_full docs/results/study_two_core_full/tune_state
 
@@ -6,7 +6,8 @@ Keeps every file Tune and the report read (experiment and searcher state, ``stud
 ``params.json``/``params.pkl``/``result.json``/``progress.csv``); drops TensorBoard event files and the
 checkpoints of finished trials (a finished trial is never restored); keeps the checkpoints of a trial that
 has not finished (Tune keeps two; its saved state may name either), so that ``--resume`` continues it from
-there. Stop the study first (Ctrl-C once: Tune saves its state). Replaces ``dst`` as a whole.
+there. Stop the study first with SIGKILL on its driver and ``ray stop --force``; not Ctrl-C, which today
+marks the interrupted phase done (``STATUS.md``). Replaces ``dst`` as a whole.
 """
 
 from __future__ import annotations
