@@ -182,3 +182,65 @@ def test_sigkill_of_the_driver_then_resume_finishes_every_trial_from_its_checkpo
             assert int(row["redone_iterations"].iloc[0]) == last_iter - restored
         assert [r["training_iteration"] for r in rows].count(1) == 1, name  # never started from scratch
     print(f"iterations redone after the SIGKILL: {redone_total} (over {len(before)} trial(s))")
+
+
+def test_ctrl_c_leaves_the_phase_unfinished_and_resume_finishes_it(tmp_path):
+    """Ctrl-C makes Tune's ``fit()`` return normally with unfinished trials; the study must stop there
+    (exit 130, the phase not ``done``, no confirm phase begun on an unfinished search), and ``--resume``
+    must finish every trial from its checkpoint."""
+    import os
+    import signal
+
+    env = job_env(tmp_path / "auth_token")
+    root = tmp_path / "results" / "interrupted"
+    args = ["--preset", "smoke", "--storage-path", str(tmp_path / "results"), "--name", "interrupted",
+            "--num-samples", "2", "--search-env-steps", "3000", "--checkpoint-frequency", "1",
+            "--dashboard-port", str(free_port())]
+    log = tmp_path / "first.log"
+    proc = start_job(args, env, log)
+    search = root / "search-3m"
+
+    def a_checkpoint():
+        if not search.is_dir() or not list(search.glob("experiment_state-*.json")):
+            return None
+        return [d for d in search.iterdir() if d.is_dir() and _checkpoint_iterations(d)] or None
+
+    try:
+        _wait_for(a_checkpoint, 400, "a search trial's checkpoint", proc, log)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends: the whole foreground group
+        rc = proc.wait(timeout=180)
+    finally:
+        kill_job_tree(proc, env)
+    text = log.read_text()
+    assert rc == 130, text[-4000:]
+    assert "search-3m: interrupted before all 2 trials finished" in text and f"continue with --resume {root}" in text
+    manifest = json.loads((root / "study.json").read_text())
+    assert manifest["phases"]["search-3m"]["status"] == "interrupted"
+    assert "3m" not in manifest["best"]  # no best configuration read off an unfinished search
+    assert not [p for p in manifest["phases"] if p.startswith("confirm")]
+    assert not list(root.glob("confirm-*"))
+    assert "finished" not in manifest and not (root / "report").exists()
+    unfinished = []
+    for d in (d for d in search.iterdir() if d.is_dir() and (d / "result.json").is_file()):
+        rows = [json.loads(x) for x in (d / "result.json").read_text().splitlines() if x.strip().endswith("}")]
+        if rows[-1]["env_steps_total_lifetime"] < 3000:
+            unfinished.append(d.name)
+    assert unfinished, "every search trial had finished before the Ctrl-C: the test did not interrupt anything"
+
+    log2 = tmp_path / "resume.log"
+    resumed = start_job(["--resume", str(root), "--dashboard-port", str(free_port())], env, log2)
+    try:
+        rc = resumed.wait(timeout=700)
+    finally:
+        kill_job_tree(resumed, env)
+    text = log2.read_text()
+    assert rc == 0, text[-4000:]
+    assert "resuming search-3m" in text
+    manifest = json.loads((root / "study.json").read_text())
+    assert all(state["status"] == "done" for state in manifest["phases"].values()) and "3m" in manifest["best"]
+    table = pd.read_parquet(root / "report" / "trials.parquet")
+    assert (table["phase"] == "search").sum() == 2 and (table["phase"] == "confirm").sum() == 3
+    for name in unfinished:
+        rows = [json.loads(x) for x in (search / name / "result.json").read_text().splitlines() if x.strip()]
+        assert rows[-1]["env_steps_total_lifetime"] >= 3000  # finished its budget after the resume
+        assert [r["training_iteration"] for r in rows].count(1) == 1, name  # from its checkpoint, not from scratch

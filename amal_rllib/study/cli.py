@@ -227,7 +227,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
     from .report import write_report
-    from .runner import StudyStateError, read_manifest, run_study, study_from_manifest, write_manifest
+    from .runner import (
+        StudyInterruptedError,
+        StudyStateError,
+        read_manifest,
+        run_study,
+        study_from_manifest,
+        write_manifest,
+    )
 
     if args.report_only is not None:
         try:
@@ -305,7 +312,11 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
     gpus = learner_gpus(study, session.gpus)
     print(f"[study] experiment: {exp_root} (learners on {'GPU' if gpus else 'CPU'})", flush=True)
-    manifest = run_study(study, exp_root, gpus=gpus, manifest=manifest)
+    try:
+        manifest = run_study(study, exp_root, gpus=gpus, manifest=manifest)
+    except StudyInterruptedError as exc:
+        print(f"amal_vs_mappo.py: {exc}", file=sys.stderr, flush=True)
+        return 130  # the shell's code for "stopped by SIGINT"; no report of an unfinished study
     manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     write_manifest(exp_root, manifest)
     summary = write_report(exp_root, manifest)

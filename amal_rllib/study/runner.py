@@ -46,6 +46,14 @@ class StudyStateError(RuntimeError):
     """The experiment folder does not hold what the command needs (e.g. ``--resume`` with nothing there)."""
 
 
+class StudyInterruptedError(RuntimeError):
+    """Tune stopped a phase before all its trials finished (Ctrl-C / SIGINT or SIGUSR1 to the driver).
+
+    Tune's ``fit()`` returns normally then, with the unfinished trials' state saved; the phase must
+    not count as done, and no later phase may start from it (a confirm phase would read the best
+    configuration of an unfinished search)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
     kind: str  # "search" | "confirm"
@@ -220,6 +228,30 @@ def best_config(search_dir: Path, budget: int) -> dict[str, float]:
     return {k: float(v) for k, v in zip(SEARCHED_KNOBS, knobs, strict=True)}
 
 
+def expected_trials(study: StudyConfig, phase: Phase) -> int:
+    """How many trials a finished phase has: the search's samples x seeds, or one per confirm seed."""
+    return study.num_samples * study.search_seeds if phase.kind == "search" else len(study.confirm_seeds)
+
+
+def unfinished_trials(phase_dir: Path, expected: int) -> list[str]:
+    """What Tune's saved experiment state holds as not finished: trial ids neither ``TERMINATED`` nor
+    ``ERROR``, and ``"<n> not yet created"`` when fewer than ``expected`` trials exist (Tune creates
+    them one by one, so a stop between two trials leaves the rest uncreated).
+
+    After a Ctrl-C, ``fit()`` returns normally and its result grid shows every trial as
+    ``TERMINATED`` (Tune's clean-up stops the live ones); the experiment state it wrote just
+    before holds the truth (``PENDING``: to be continued by a restore).
+    """
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    trials = ExperimentAnalysis(str(Path(phase_dir).resolve())).trials
+    unfinished = sorted(t.trial_id for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR))
+    if len(trials) < expected:
+        unfinished.append(f"{expected - len(trials)} not yet created")
+    return unfinished
+
+
 # ---------------------------------------------------------------- manifest
 def read_manifest(exp_root: Path) -> dict:
     path = exp_root / MANIFEST
@@ -271,6 +303,14 @@ def run_study(study: StudyConfig, exp_root: Path, *, gpus: float, manifest: dict
         state["status"] = "running"
         write_manifest(exp_root, manifest)
         grid = tuner.fit()
+        unfinished = unfinished_trials(path, expected_trials(study, phase))
+        if unfinished:
+            state["status"] = "interrupted"
+            write_manifest(exp_root, manifest)
+            raise StudyInterruptedError(
+                f"{phase.dirname}: interrupted before all {expected_trials(study, phase)} trials finished "
+                f"(unfinished: {', '.join(unfinished)}); Tune saved their state: continue with --resume {exp_root}"
+            )
         errors = [r.error for r in grid if r.error is not None]
         if errors:
             state["status"] = "errored"

@@ -6,8 +6,8 @@ Keeps every file Tune and the report read (experiment and searcher state, ``stud
 ``params.json``/``params.pkl``/``result.json``/``progress.csv``); drops TensorBoard event files and the
 checkpoints of finished trials (a finished trial is never restored); keeps the checkpoints of a trial that
 has not finished (Tune keeps two; its saved state may name either), so that ``--resume`` continues it from
-there. Stop the study first with SIGKILL on its driver and ``ray stop --force``; not Ctrl-C, which today
-marks the interrupted phase done (``STATUS.md``). Replaces ``dst`` as a whole.
+there. Stop the study first (Ctrl-C, or SIGKILL on its driver and ``ray stop --force``); copying a running
+study's folder can catch a half-written state. Replaces ``dst`` as a whole.
 """
 
 from __future__ import annotations
