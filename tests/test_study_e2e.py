@@ -127,6 +127,18 @@ def _checkpoint_iterations(trial_dir: Path) -> list[int]:
     return sorted(int(p.name.split("_")[-1]) for p in trial_dir.glob("checkpoint_*"))
 
 
+def _resume_to_the_end(root: Path, env: dict[str, str], log: Path) -> None:
+    """``--resume root`` as a new driver; it must restore the search and finish the study (exit 0)."""
+    resumed = start_job(["--resume", str(root), "--dashboard-port", str(free_port())], env, log)
+    try:
+        rc = resumed.wait(timeout=700)
+    finally:
+        kill_job_tree(resumed, env)
+    text = log.read_text()
+    assert rc == 0, text[-4000:]
+    assert "resuming search-3m" in text
+
+
 def test_sigkill_of_the_driver_then_resume_finishes_every_trial_from_its_checkpoint(tmp_path):
     env = job_env(tmp_path / "auth_token")
     args = ["--preset", "smoke", "--storage-path", str(tmp_path / "results"), "--name", "killed",
@@ -153,16 +165,7 @@ def test_sigkill_of_the_driver_then_resume_finishes_every_trial_from_its_checkpo
             before[d.name] = (max(r["training_iteration"] for r in rows), len(_checkpoint_iterations(d)))
     assert any(n_ckpt >= 2 for _, n_ckpt in before.values())
 
-    log2 = tmp_path / "resume.log"
-    resumed = start_job(["--resume", str(tmp_path / "results" / "killed"), "--dashboard-port", str(free_port())],
-                        env, log2)
-    try:
-        rc = resumed.wait(timeout=700)
-    finally:
-        kill_job_tree(resumed, env)
-    text = log2.read_text()
-    assert rc == 0, text[-4000:]
-    assert "resuming search-3m" in text
+    _resume_to_the_end(tmp_path / "results" / "killed", env, tmp_path / "resume.log")
     table = pd.read_parquet(tmp_path / "results" / "killed" / "report" / "trials.parquet")
     search_rows = table[table["phase"] == "search"]
     assert len(search_rows) == 2 and (table["phase"] == "confirm").sum() == 3
@@ -227,15 +230,7 @@ def test_ctrl_c_leaves_the_phase_unfinished_and_resume_finishes_it(tmp_path):
             unfinished.append(d.name)
     assert unfinished, "every search trial had finished before the Ctrl-C: the test did not interrupt anything"
 
-    log2 = tmp_path / "resume.log"
-    resumed = start_job(["--resume", str(root), "--dashboard-port", str(free_port())], env, log2)
-    try:
-        rc = resumed.wait(timeout=700)
-    finally:
-        kill_job_tree(resumed, env)
-    text = log2.read_text()
-    assert rc == 0, text[-4000:]
-    assert "resuming search-3m" in text
+    _resume_to_the_end(root, env, tmp_path / "resume.log")
     manifest = json.loads((root / "study.json").read_text())
     assert all(state["status"] == "done" for state in manifest["phases"].values()) and "3m" in manifest["best"]
     table = pd.read_parquet(root / "report" / "trials.parquet")
