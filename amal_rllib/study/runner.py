@@ -186,7 +186,7 @@ def build_tuner(study: StudyConfig, phase: Phase, exp_root: Path, gpus: float, b
                 grace_period=min(study.asha_grace_env_steps, budget),
                 reduction_factor=study.asha_reduction_factor,
             ),
-            num_samples=study.num_samples * study.search_seeds,
+            num_samples=expected_trials(study, phase),
         )
     run_config = tune.RunConfig(
         name=phase.dirname,
@@ -303,12 +303,13 @@ def run_study(study: StudyConfig, exp_root: Path, *, gpus: float, manifest: dict
         state["status"] = "running"
         write_manifest(exp_root, manifest)
         grid = tuner.fit()
-        unfinished = unfinished_trials(path, expected_trials(study, phase))
+        expected = expected_trials(study, phase)
+        unfinished = unfinished_trials(path, expected)
         if unfinished:
             state["status"] = "interrupted"
             write_manifest(exp_root, manifest)
             raise StudyInterruptedError(
-                f"{phase.dirname}: interrupted before all {expected_trials(study, phase)} trials finished "
+                f"{phase.dirname}: interrupted before all {expected} trials finished "
                 f"(unfinished: {', '.join(unfinished)}); Tune saved their state: continue with --resume {exp_root}"
             )
         errors = [r.error for r in grid if r.error is not None]
