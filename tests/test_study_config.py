@@ -122,3 +122,31 @@ def test_asha_grace_must_leave_room_for_a_greedy_evaluation():
     assert any("asha_grace_env_steps" in e for e in study.errors())
     assert not math.isnan(float(load_preset("smoke").asha_grace_env_steps))
     assert os.path.isfile(os.path.join(os.path.dirname(cli.__file__), "presets", "smoke.yaml"))
+
+
+@pytest.mark.ray
+def test_unfinished_trials_counts_trials_tune_never_created_and_not_errored_ones(ray_local, tmp_path):
+    """A phase stopped between two trials: Tune's saved state holds fewer trials than the phase needs.
+
+    A real Tune run of two trials (one finishes, one errors) against phases that expect 2 and 5 trials.
+    """
+    from ray import tune
+
+    from amal_rllib.study.runner import unfinished_trials
+
+    def tiny_trainable(config):  # defined here so that Ray pickles it by value (workers cannot import tests/)
+        if config["fail"]:
+            raise RuntimeError("this trial fails on purpose")
+        tune.report({"score": 1.0})
+
+    tuner = tune.Tuner(
+        tiny_trainable,
+        param_space={"fail": tune.grid_search([False, True])},
+        run_config=tune.RunConfig(name="phase", storage_path=str(tmp_path), verbose=0),
+    )
+    grid = tuner.fit()
+    assert sorted(r.error is not None for r in grid) == [False, True]
+    # A finished phase: an errored trial is finished too (run_study reports it as an error, not a stop).
+    assert unfinished_trials(tmp_path / "phase", expected=2) == []
+    # Three of five trials never created: the stop came between trials.
+    assert unfinished_trials(tmp_path / "phase", expected=5) == ["3 not yet created"]
