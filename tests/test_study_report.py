@@ -126,3 +126,43 @@ def test_never_reaching_the_target_is_said_plainly():
     assert claim.saving == -math.inf and claim.separable
     assert claim.sentence().startswith("3m: AMAL did not reach MAPPO's final greedy win rate (0.80)")
     assert "AMAL is slower" in claim.sentence()
+
+
+def test_a_confirm_trial_short_of_its_budget_is_listed_but_left_out_of_the_claim(tmp_path):
+    """A study stopped mid-phase: the cut trial would end the common horizon at its last step and make
+    MAPPO's win rate there the claim's target; it must stay out of the claim and the per-variant table."""
+    import pandas as pd
+
+    from amal_rllib.study.config import load_preset
+    from amal_rllib.study.report import write_report
+
+    study = load_preset("smoke").replace(scenarios=("3m",), env_steps=10_000, seeds=2)
+    budget = study.env_steps
+
+    def rows(win_at, last_step, trial_id):
+        # a greedy evaluation every 1,000 steps; win rate climbs linearly to 1 at ``win_at`` steps
+        return [
+            {"training_iteration": i, "env_steps_total_lifetime": 1000.0 * i, "time_total_s": float(i),
+             "trial_id": trial_id, "greedy_win_rate": min(1.0, 1000.0 * i / win_at)}
+            for i in range(1, last_step // 1000 + 1)
+        ]
+
+    for seed in (1000, 1001):
+        _trial_dir(tmp_path / "confirm-3m-mappo", f"m{seed}", rows(8000, budget, f"m{seed}"), {"seed": seed})
+        _trial_dir(tmp_path / "confirm-3m-amal_best", f"a{seed}", rows(4000, budget, f"a{seed}"), {"seed": seed})
+    # the third MAPPO seed was stopped at 3,000 steps, where MAPPO's mean win rate is ~0.38
+    _trial_dir(tmp_path / "confirm-3m-mappo", "m1002", rows(8000, 3000, "m1002"), {"seed": 1002})
+    summary = write_report(tmp_path, {"study": study.to_dict(), "name": "t"})
+
+    claim = pd.read_csv(tmp_path / "report" / "claims.csv").iloc[0]
+    assert claim["n_mappo"] == 2 and claim["n_amal"] == 2
+    assert claim["target"] == pytest.approx(1.0)  # MAPPO's win rate at the budget, not at the cut seed's 3,000
+    assert claim["saving"] == pytest.approx(0.5, abs=0.06)  # 4k vs 8k steps to a win rate of 1
+    trials = pd.read_csv(tmp_path / "report" / "trials.csv")
+    assert trials.set_index("trial_id")["finished"].to_dict() == {
+        "m1000": True, "m1001": True, "m1002": False, "a1000": True, "a1001": True
+    }
+    text = summary.read_text()
+    assert "1 confirm trial(s) short of the 10,000-step budget" in text and "3m mappo seed 1002 at 3,000" in text
+    per_variant = text.split("## Confirm phase, per variant (finished trials)")[1].split("## Every trial")[0]
+    assert "| 3m | mappo | 2 |" in per_variant

@@ -77,6 +77,10 @@ class TrialRecord:
     def total_env_steps(self) -> float:
         return float(self.rows[-1].get(ENV_STEPS_TOTAL_LIFETIME, math.nan)) if self.rows else math.nan
 
+    def finished(self, budget: float) -> bool:
+        """Whether the trial ran its whole budget of total env steps (Tune's stop criterion)."""
+        return bool(self.total_env_steps >= budget)
+
     def final(self, key: str) -> float:
         for row in reversed(self.rows):
             if key in row and row[key] is not None:
@@ -129,6 +133,15 @@ def load_trials(phase_dir: Path) -> list[TrialRecord]:
         trial_id = str(rows[-1].get("trial_id")) if rows else trial_dir.name
         out.append(TrialRecord(phase_dir.name, kind, scenario, variant, trial_id, config, rows, written - len(rows)))
     return out
+
+
+def unfinished_confirm_trials(trials: list[TrialRecord], budget: float) -> list[TrialRecord]:
+    """Confirm trials short of ``budget`` (a study stopped and not yet resumed, or a failed trial).
+
+    They stay in the per-trial table but not in the per-variant table, the claim or the mean curves: a
+    seed cut at 300k would end the common horizon there and make MAPPO's win rate at 300k the target.
+    """
+    return [t for t in trials if t.kind == "confirm" and not t.finished(budget)]
 
 
 def load_study(exp_root: Path) -> list[TrialRecord]:
@@ -279,7 +292,8 @@ def bootstrap_claim(
 
 
 # -------------------------------------------------------------------- tables
-def trial_table(trials: list[TrialRecord]):
+def trial_table(trials: list[TrialRecord], confirm_budget: float = 0.0):
+    """One row per trial; ``finished``: a confirm trial ran ``confirm_budget`` env steps (search trials: True)."""
     import pandas as pd
 
     rows = []
@@ -297,6 +311,7 @@ def trial_table(trials: list[TrialRecord]):
             "greedy_win_rate_mean": t.final(GREEDY_WIN_RATE_MEAN),
             **{f"env_steps_to_{target}": steps_to_reach(x, y, target) for target in REPORT_TARGETS},
             "total_env_steps": t.total_env_steps,
+            "finished": t.kind != "confirm" or t.finished(confirm_budget),
             "iterations": int(t.rows[-1]["training_iteration"]) if t.rows else 0,
             "wall_time_s": round(t.final("time_total_s"), 1),
             "redone_iterations": t.redone_iterations,
@@ -498,14 +513,17 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
     study = from_mapping(manifest["study"], source="study.json")
     out = Path(exp_root) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    trials = load_study(exp_root)
-    table = trial_table(trials)
+    loaded = load_study(exp_root)
+    unfinished = unfinished_confirm_trials(loaded, study.env_steps)
+    table = trial_table(loaded, study.env_steps)
     if not table.empty:
         table = table.sort_values(["scenario", "phase", "variant", "seed"], ascending=[True, False, True, True])
     table.to_parquet(out / "trials.parquet", index=False)
     table.to_csv(out / "trials.csv", index=False)
 
-    curve_table(trials).to_csv(out / "curves.csv", index=False)
+    curve_table(loaded).to_csv(out / "curves.csv", index=False)
+    left_out = {id(t) for t in unfinished}
+    trials = [t for t in loaded if id(t) not in left_out]  # what the claim, the per-variant table and plots use
 
     scenarios = list(study.scenarios)
     claims: dict[str, Claim] = {}
@@ -535,9 +553,10 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
         "best_greedy_win_rate",
         *(f"env_steps_to_{t}" for t in REPORT_TARGETS),
         "total_env_steps",
+        "finished",
         "wall_time_s",
     ]
-    confirm = table[table["phase"] == "confirm"] if not table.empty else table
+    confirm = table[(table["phase"] == "confirm") & table["finished"]] if not table.empty else table
     by_variant = (
         confirm.groupby(["scenario", "variant"])
         .agg(
@@ -575,7 +594,19 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
         "of total env steps; MAPPO's final win rate as target; percentile bootstrap over seeds, "
         f"{study.bootstrap_samples} draws).",
         "",
-        "## Confirm phase, per variant",
+        *(
+            [
+                f"Left out of the claim, the per-variant table and the mean curves: {len(unfinished)} confirm "
+                f"trial(s) short of the {study.env_steps:,}-step budget (stopped before the end, to be "
+                "continued with `--resume`, or failed): "
+                + ", ".join(f"{t.scenario} {t.variant} seed {t.seed} at {t.total_env_steps:,.0f}" for t in unfinished)
+                + ".",
+                "",
+            ]
+            if unfinished
+            else []
+        ),
+        "## Confirm phase, per variant (finished trials)",
         "",
         _markdown_table(by_variant) if len(by_variant) else "(none)",
         "",
