@@ -77,9 +77,15 @@ class TrialRecord:
     def total_env_steps(self) -> float:
         return float(self.rows[-1].get(ENV_STEPS_TOTAL_LIFETIME, math.nan)) if self.rows else math.nan
 
-    def finished(self, budget: float) -> bool:
-        """Whether the trial ran its whole budget of total env steps (Tune's stop criterion)."""
-        return bool(self.total_env_steps >= budget)
+    def cut_short(self, confirm_budget: float) -> bool:
+        """A confirm trial short of its budget of total env steps (a study stopped and not yet resumed, or a
+        failed trial). Search trials never are (ASHA stops them early by design).
+
+        Such trials stay in the per-trial table but not in the per-variant table, the claim or the mean
+        curves: a seed cut at 300k would end the common horizon there and make MAPPO's win rate at 300k
+        the target.
+        """
+        return self.kind == "confirm" and not self.total_env_steps >= confirm_budget
 
     def final(self, key: str) -> float:
         for row in reversed(self.rows):
@@ -133,15 +139,6 @@ def load_trials(phase_dir: Path) -> list[TrialRecord]:
         trial_id = str(rows[-1].get("trial_id")) if rows else trial_dir.name
         out.append(TrialRecord(phase_dir.name, kind, scenario, variant, trial_id, config, rows, written - len(rows)))
     return out
-
-
-def unfinished_confirm_trials(trials: list[TrialRecord], budget: float) -> list[TrialRecord]:
-    """Confirm trials short of ``budget`` (a study stopped and not yet resumed, or a failed trial).
-
-    They stay in the per-trial table but not in the per-variant table, the claim or the mean curves: a
-    seed cut at 300k would end the common horizon there and make MAPPO's win rate at 300k the target.
-    """
-    return [t for t in trials if t.kind == "confirm" and not t.finished(budget)]
 
 
 def load_study(exp_root: Path) -> list[TrialRecord]:
@@ -293,7 +290,7 @@ def bootstrap_claim(
 
 # -------------------------------------------------------------------- tables
 def trial_table(trials: list[TrialRecord], confirm_budget: float = 0.0):
-    """One row per trial; ``finished``: a confirm trial ran ``confirm_budget`` env steps (search trials: True)."""
+    """One row per trial; ``finished``: not :meth:`TrialRecord.cut_short` at ``confirm_budget``."""
     import pandas as pd
 
     rows = []
@@ -311,7 +308,7 @@ def trial_table(trials: list[TrialRecord], confirm_budget: float = 0.0):
             "greedy_win_rate_mean": t.final(GREEDY_WIN_RATE_MEAN),
             **{f"env_steps_to_{target}": steps_to_reach(x, y, target) for target in REPORT_TARGETS},
             "total_env_steps": t.total_env_steps,
-            "finished": t.kind != "confirm" or t.finished(confirm_budget),
+            "finished": not t.cut_short(confirm_budget),
             "iterations": int(t.rows[-1]["training_iteration"]) if t.rows else 0,
             "wall_time_s": round(t.final("time_total_s"), 1),
             "redone_iterations": t.redone_iterations,
@@ -514,7 +511,7 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
     out = Path(exp_root) / "report"
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_study(exp_root)
-    unfinished = unfinished_confirm_trials(loaded, study.env_steps)
+    unfinished = [t for t in loaded if t.cut_short(study.env_steps)]
     table = trial_table(loaded, study.env_steps)
     if not table.empty:
         table = table.sort_values(["scenario", "phase", "variant", "seed"], ascending=[True, False, True, True])
@@ -522,8 +519,7 @@ def write_report(exp_root: Path, manifest: dict) -> Path:
     table.to_csv(out / "trials.csv", index=False)
 
     curve_table(loaded).to_csv(out / "curves.csv", index=False)
-    left_out = {id(t) for t in unfinished}
-    trials = [t for t in loaded if id(t) not in left_out]  # what the claim, the per-variant table and plots use
+    trials = [t for t in loaded if not t.cut_short(study.env_steps)]  # for the claim, per-variant table, plots
 
     scenarios = list(study.scenarios)
     claims: dict[str, Claim] = {}
