@@ -13,7 +13,12 @@
    (custom env-to-module or module-to-env connectors, a stateful module,
    ``on_episode_step`` callbacks, agents on different modules), with a warning
    naming it.
-3. RLlib 2.60's ``MultiAgentEnvRunner._sample`` calls ``to_numpy()`` on *every*
+3. RLlib's per-episode metrics (``_log_episode_metrics``: episode length, return, duration, per-agent
+   and per-module returns, min/max) go through ``MetricsLogger.log_dict``, a ``tree`` map over three
+   nested dicts per finished episode: ~0.3 ms an episode, ~0.3-0.4 s of a ~4.9 s MAPPO iteration on 3m
+   (~1,000 episodes). This runner logs the same keys with the same reductions and windows by one
+   ``log_value`` per number.
+4. RLlib 2.60's ``MultiAgentEnvRunner._sample`` calls ``to_numpy()`` on *every*
    episode finished so far in the sample call at *every* env step (quadratic in
    the episodes per call). With ``episodes_to_numpy=False`` that loop is skipped;
    this runner converts each returned episode exactly once.
@@ -29,6 +34,16 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.callbacks.utils import make_callback
 from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 from ray.rllib.utils.metrics import (
+    EPISODE_AGENT_RETURN_MEAN,
+    EPISODE_AGENT_STEPS,
+    EPISODE_DURATION_SEC_MEAN,
+    EPISODE_LEN_MAX,
+    EPISODE_LEN_MEAN,
+    EPISODE_LEN_MIN,
+    EPISODE_MODULE_RETURN_MEAN,
+    EPISODE_RETURN_MAX,
+    EPISODE_RETURN_MEAN,
+    EPISODE_RETURN_MIN,
     NUM_AGENT_STEPS_SAMPLED,
     NUM_AGENT_STEPS_SAMPLED_LIFETIME,
     NUM_ENV_STEPS_SAMPLED,
@@ -62,6 +77,32 @@ class TeamEnvRunner(MultiAgentEnvRunner):
         rllib_env.close()
         logger.debug("SMAX vectorised over %d envs in one jitted call", self.num_envs)
         self._want_fast = bool(fast)
+
+    def _log_episode_metrics(self, length, ret, sec, agents=None, modules=None, agent_steps=None) -> None:
+        """RLlib's episode metrics for one finished episode: same keys, reductions and windows as
+        ``MultiAgentEnvRunner._log_episode_metrics``, without its ``log_dict`` tree maps (module docstring, 3)."""
+        window = max(
+            1, math.ceil(self.config.metrics_num_episodes_for_smoothing / (self.config.num_env_runners or 1))
+        )
+        means = {EPISODE_LEN_MEAN: length, EPISODE_RETURN_MEAN: ret, EPISODE_DURATION_SEC_MEAN: sec}
+        if agents is not None:
+            means |= {
+                EPISODE_AGENT_RETURN_MEAN: agents,
+                EPISODE_AGENT_STEPS: agent_steps,
+                EPISODE_MODULE_RETURN_MEAN: modules,
+            }
+        log = self.metrics.log_value
+        for reduce, values in (
+            ("mean", means),
+            ("min", {EPISODE_LEN_MIN: length, EPISODE_RETURN_MIN: ret}),
+            ("max", {EPISODE_LEN_MAX: length, EPISODE_RETURN_MAX: ret}),
+        ):
+            for key, value in sorted(values.items()):  # log_dict's order: sorted keys, depth first
+                if isinstance(value, dict):
+                    for sub_key, sub_value in sorted(value.items()):
+                        log((key, sub_key), sub_value, reduce=reduce, window=window)
+                else:
+                    log(key, value, reduce=reduce, window=window)
 
     # -- fast path ---------------------------------------------------------------------------------------------
 

@@ -151,7 +151,8 @@ def build_episode(
     episode.env_t = env_t_started + length
     episode.is_terminated = bool(terminated)
     episode.is_truncated = bool(truncated)
-    episode.validate()
+    # No ``episode.validate()`` here (~15% of this function, ~1,000 calls per 3m iteration): each
+    # SingleAgentEpisode validated itself on construction, and the tests validate whole episodes.
     return episode
 
 

@@ -318,3 +318,27 @@ def test_a_nan_value_target_stops_the_update_with_a_clear_error(learner):
         loss_and_grads(config, lrn, {**batch, Postprocessing.VALUE_TARGETS: targets})
     for key, value in value_norm.state_dict().items():
         torch.testing.assert_close(value, before[key], msg=key)
+
+
+def test_torch_threads_follow_the_cpus_the_process_was_given(monkeypatch):
+    """Ray writes a worker's reserved CPUs into OMP_NUM_THREADS; a driver without it gets every core it may use."""
+    import os
+
+    from amal_rllib.mappo.module import cpu_threads_for_this_process, set_cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads_for_this_process() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads_for_this_process() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads_for_this_process() == len(os.sched_getaffinity(0))
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match=f"OMP_NUM_THREADS='{bad}'"):
+            cpu_threads_for_this_process()
+    before = torch.get_num_threads()
+    try:
+        set_cpu_threads(1)
+        assert torch.get_num_threads() == 1 or torch.cuda.is_available()
+    finally:
+        torch.set_num_threads(before)

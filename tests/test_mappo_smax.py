@@ -55,3 +55,24 @@ def test_mappo_smax_3m_trains_checkpoints_and_resumes(ray_local, tmp_path):
         assert third[ENV_STEPS_SAMPLED_LIFETIME] > second[ENV_STEPS_SAMPLED_LIFETIME]
     finally:
         restored.stop()
+
+
+def test_env_runners_use_the_cpus_ray_reserved_and_the_driver_learner_every_core(ray_local, monkeypatch):
+    """A remote env runner (num_cpus_per_env_runner=1) runs torch on 1 thread; the learner in the driver that
+    built the algorithm (no OMP_NUM_THREADS) on every core the driver may use."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU threads are left alone when CUDA is present")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    algo = mappo_config(
+        "3m", num_env_runners=1, num_envs_per_env_runner=2, train_batch_size=100, evaluation_interval=None
+    ).build_algo()
+    try:
+        remote = algo.env_runner_group.foreach_env_runner(lambda runner: torch.get_num_threads(), local_env_runner=False)
+        assert remote == [1]
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        algo.stop()

@@ -133,10 +133,44 @@ def test_build_episode_equals_an_episode_built_step_by_step(ended):
         )
         assert a.get_infos(-1) == b.get_infos(-1)
         assert a.module_id == "m" and a.multi_agent_episode_id == "x"
+    built.validate()  # RLlib's own consistency checks (build_episode leaves them to the tests)
     # A chunk continues: cut() works on it as on RLlib's own episodes.
     if not ended:
         successor = built.cut()
         assert successor.id_ == built.id_ and successor.env_t_started == length
+
+
+def test_episode_metrics_equal_rllibs_log_dict_version_key_for_key():
+    """TeamEnvRunner logs RLlib's per-episode metrics without log_dict: same keys, order, reductions and
+    windows (more episodes than the window, so the window is what is compared, and min/max too)."""
+    from types import SimpleNamespace
+
+    import tree
+    from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    from amal_rllib.env_runner import TeamEnvRunner
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for _ in range(25):
+        length = int(rng.integers(5, 60))
+        returns = {f"agent_{j}": float(rng.normal()) for j in (2, 0, 1)}
+        episodes.append((length, sum(returns.values()), float(rng.random()), returns,
+                         {"shared_policy": sum(returns.values())}, dict.fromkeys(returns, length)))
+    runs = {}
+    for cls in (MultiAgentEnvRunner, TeamEnvRunner):
+        runner = SimpleNamespace(
+            config=SimpleNamespace(metrics_num_episodes_for_smoothing=20, num_env_runners=2), metrics=MetricsLogger()
+        )
+        for episode in episodes:
+            cls._log_episode_metrics(runner, *episode)
+        reduced = runner.metrics.reduce()
+        runs[cls] = [(path, stats.peek(), type(stats).__name__, getattr(stats, "_window", None))
+                     for path, stats in tree.flatten_with_path(reduced)]
+    ours, rllibs = runs[TeamEnvRunner], runs[MultiAgentEnvRunner]
+    assert len(rllibs) == 3 + 3 + 3 + 1 + 2 + 2  # 3 means, 3 agent returns, 3 agent steps, 1 module, min, max
+    assert ours == rllibs
 
 
 # ----------------------------------------------------------------------------------- against real SMAX + RLlib
@@ -165,6 +199,8 @@ def test_fast_sampler_chunks_continue_under_the_same_id_and_metrics_count_every_
     first = runner.sample(num_timesteps=8 * 30)
     second = runner.sample(num_timesteps=8 * 30)
     assert all(e.is_numpy for e in first + second)
+    for e in first + second:
+        e.validate()  # RLlib's consistency checks on every bulk-built episode
     assert sum(len(e) for e in first) == 8 * 30  # every env step of every sub-env is in some episode
     chunks = {e.id_: e for e in first if not e.is_done}
     assert 1 <= len(chunks) <= 8  # one running chunk per sub-env whose last step did not end its episode

@@ -9,6 +9,7 @@ observation + agent-id one-hot), ``state`` (global state + agent-id one-hot),
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -54,10 +55,36 @@ def build_mlp(in_dim: int, hidden: Sequence[int], out_dim: int, layer_norm: bool
     return nn.Sequential(*layers)
 
 
-def set_cpu_threads(num_threads: int = 1) -> None:
-    """One torch thread per process on CPU: with one process per core, more threads
-    fight over the cores (2 threads on 2 cores made iterations 2-5x slower here)."""
-    if not torch.cuda.is_available() and torch.get_num_threads() != num_threads:
+def cpu_threads_for_this_process() -> int:
+    """Torch CPU threads for this process: the CPUs it was given.
+
+    A Ray worker (an env runner, a Tune trial's main process, a remote learner) gets
+    ``OMP_NUM_THREADS`` from Ray = the CPUs Ray reserved for it (``num_cpus_per_env_runner``,
+    ``num_cpus_for_main_process``, ...), so processes that share a machine never ask for more
+    threads than its cores (oversubscribed, 2 threads per process on 2 cores made iterations 2-5x
+    slower here). A driver that builds the algorithm itself (a script, the benchmark) gets
+    ``OMP_NUM_THREADS`` if the user set it, else every core it may run on: sampling and the
+    learner's update take turns in that process (the update on 2 threads: 3.0 -> 1.95 s per
+    MAPPO iteration, ``benchmarks/rl_throughput.py``).
+    """
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value is None or not value.strip():
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"OMP_NUM_THREADS={value!r}: must be a positive integer (CPU threads per process) or unset")
+    return threads
+
+
+def set_cpu_threads(num_threads: int | None = None) -> None:
+    """Torch's intra-op threads on CPU: ``num_threads``, default :func:`cpu_threads_for_this_process`."""
+    if torch.cuda.is_available():
+        return
+    num_threads = cpu_threads_for_this_process() if num_threads is None else num_threads
+    if torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
 
 
