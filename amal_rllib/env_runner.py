@@ -15,9 +15,9 @@
    naming it.
 3. RLlib's per-episode metrics (``_log_episode_metrics``: episode length, return, duration, per-agent
    and per-module returns, min/max) go through ``MetricsLogger.log_dict``, a ``tree`` map over three
-   nested dicts per finished episode: ~0.3 ms an episode, ~0.3-0.4 s of a ~4.9 s MAPPO iteration on 3m
-   (~1,000 episodes). This runner logs the same keys with the same reductions and windows by one
-   ``log_value`` per number.
+   nested dicts per finished episode (~1,000 per 3m iteration; a cProfile of two MAPPO iterations
+   found 1.87 s in ``log_dict``, 0.6 s of it in the ``log_value`` calls it makes). This runner logs the
+   same keys with the same reductions and windows by one ``log_value`` per number.
 4. RLlib 2.60's ``MultiAgentEnvRunner._sample`` calls ``to_numpy()`` on *every*
    episode finished so far in the sample call at *every* env step (quadratic in
    the episodes per call). With ``episodes_to_numpy=False`` that loop is skipped;
