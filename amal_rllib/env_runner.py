@@ -60,6 +60,18 @@ from ray.rllib.utils.metrics import (
 logger = logging.getLogger(__name__)
 
 
+def vectorised_env(env_config) -> bool:
+    """Whether a :class:`TeamEnvRunner` with this ``env_config`` steps SMAX as one vmapped env."""
+    env_config = env_config or {}
+    return env_config.get("backend") == "smax" and bool(env_config.get("vectorize", True))
+
+
+def vectorised_sampling(env_config) -> bool:
+    """Whether it also samples with :class:`~amal_rllib.rollout.VectorRollout` (unless something in the
+    config blocks the fast path at run time: ``TeamEnvRunner._fast_path_blocker``)."""
+    return vectorised_env(env_config) and bool((env_config or {}).get("fast_sampling", True))
+
+
 class TeamEnvRunner(MultiAgentEnvRunner):
     def make_env(self) -> None:
         super().make_env()
@@ -67,9 +79,11 @@ class TeamEnvRunner(MultiAgentEnvRunner):
         self._fast_checked = False
         self._want_fast = False
         env_config = dict(self.config.env_config or {})
-        if env_config.pop("backend", None) != "smax" or not env_config.pop("vectorize", True):
+        if not vectorised_env(env_config):
             return
-        fast = env_config.pop("fast_sampling", True)
+        fast = vectorised_sampling(env_config)
+        for key in ("backend", "vectorize", "fast_sampling"):
+            env_config.pop(key, None)
         from .envs.smax_vector import SMAXVectorEnv
 
         rllib_env = self.env
@@ -156,9 +170,33 @@ class TeamEnvRunner(MultiAgentEnvRunner):
                 if not episode.is_numpy:
                     episode.to_numpy()
             return episodes
-        return self._sample_fast(rollout, num_timesteps, num_episodes, explore, random_actions, force_reset)
+        return self._sample_fast(rollout, num_timesteps, num_episodes, explore, random_actions, force_reset)[0]
 
-    def _sample_fast(self, rollout, num_timesteps, num_episodes, explore, random_actions, force_reset):
+    def can_sample_with_policy(self) -> bool:
+        """Whether :meth:`sample_with_policy` can run here (the vectorised fast path is on)."""
+        return self.env is not None and self._fast_rollout() is not None
+
+    def sample_with_policy(self, policy, quota, *, explore: bool = True):
+        """Whole episodes played with ``policy`` instead of the module's forward pass, ``quota[e]`` of them
+        from sub-env ``e``; returns ``(episodes, sub_env_of_each_episode)``.
+
+        ``policy`` maps the flat observation batch ``{key: [num_envs * n_agents, ...]}`` (sub-env major)
+        to action-distribution inputs (None: the module's own forward pass, as :meth:`sample`); the
+        module's action distribution draws the actions, so each
+        stored ``action_logp`` is the log-prob under ``policy``. Metrics and callbacks are those of
+        :meth:`sample`. Needs the vectorised fast path (:meth:`can_sample_with_policy`).
+        """
+        if not self.can_sample_with_policy():
+            raise RuntimeError(
+                "sample_with_policy needs the vectorised SMAX sampler (env_config backend='smax' with "
+                "vectorize and fast_sampling on, and nothing that blocks the fast path; see the runner's warning)"
+            )
+        rollout = self._fast_rollout()
+        return self._sample_fast(rollout, None, None, explore, False, True, policy=policy, quota=quota)
+
+    def _sample_fast(
+        self, rollout, num_timesteps, num_episodes, explore, random_actions, force_reset, policy=None, quota=None
+    ):
         if num_timesteps is not None and num_episodes is not None:
             raise ValueError(f"give either num_timesteps or num_episodes, got {num_timesteps=}, {num_episodes=}")
         if self._time_after_sampling is not None:
@@ -167,12 +205,12 @@ class TeamEnvRunner(MultiAgentEnvRunner):
         with self.metrics.log_time(SAMPLE_TIMER):
             if explore is None:
                 explore = self.config.explore
-            if num_timesteps is None and num_episodes is None:
+            if num_timesteps is None and num_episodes is None and quota is None:
                 if self.config.batch_mode == "truncate_episodes":
                     num_timesteps = self.config.get_rollout_fragment_length(self.worker_index) * self.num_envs
                 else:
                     num_episodes = self.num_envs
-            if force_reset or num_episodes is not None or rollout.needs_reset:
+            if force_reset or num_timesteps is None or rollout.needs_reset:
                 self._ongoing_episodes_for_metrics.clear()  # chunks of dropped episodes (RLlib does the same)
             if force_reset:
                 rollout.drop_episodes()
@@ -187,6 +225,8 @@ class TeamEnvRunner(MultiAgentEnvRunner):
                 explore=explore,
                 random_actions=random_actions,
                 weights_seq_no=self._weights_seq_no,
+                quota=quota,
+                policy=policy,
             )
             self._log_sampled(stats["env_steps"], len(finished), rollout)
             for episode in finished + chunks:
@@ -206,7 +246,7 @@ class TeamEnvRunner(MultiAgentEnvRunner):
                 kwargs=dict(env_runner=self, metrics_logger=self.metrics, samples=samples),
             )
         self._time_after_sampling = time.perf_counter()
-        return samples
+        return samples, stats["episode_envs"]
 
     def _episode_callback(self, which: str, episode) -> None:
         kwargs = dict(

@@ -78,6 +78,34 @@ def episode_segments(done: np.ndarray) -> list[Segment]:
     return segments
 
 
+def episode_quota(num_episodes: int, num_envs: int) -> np.ndarray:
+    """Episodes each sub-env contributes to ``num_episodes`` (``[E]`` ints): dealt round by round,
+    sub-env 0 first, so the counts differ by at most one."""
+    if num_episodes < 0 or num_envs < 1:
+        raise ValueError(f"need num_episodes >= 0 and num_envs >= 1, got {num_episodes=}, {num_envs=}")
+    return np.array([(num_episodes - env + num_envs - 1) // num_envs for env in range(num_envs)], dtype=np.int64)
+
+
+def quota_segments(segments: Sequence[Segment], quota: np.ndarray) -> list[Segment]:
+    """Each sub-env's first ``quota[env]`` ended segments, in round order (every sub-env's first
+    episode, then every second one, ...).
+
+    Episodes mode keeps these rather than the first ``n`` to finish: "first to finish" favours
+    short episodes (quick losses or wins), the same bias a fixed quota per sub-env avoids. Raises
+    if a sub-env ended fewer episodes than its quota.
+    """
+    per_env: dict[int, list[Segment]] = {}
+    for seg in sorted((s for s in segments if s.ended), key=lambda s: (s.env, s.start)):
+        per_env.setdefault(seg.env, []).append(seg)
+    picked = []
+    for env, want in enumerate(np.asarray(quota)):
+        have = per_env.get(env, [])
+        if len(have) < want:
+            raise ValueError(f"sub-env {env} ended {len(have)} episodes, its quota is {want}")
+        picked += [(rank, env, seg) for rank, seg in enumerate(have[: int(want)])]
+    return [seg for _, _, seg in sorted(picked, key=lambda item: (item[0], item[1]))]
+
+
 def _buffer(data, space=None) -> InfiniteLookbackBuffer:
     """A finalized (numpy) buffer without lookback, as ``to_numpy()`` leaves one."""
     buffer = InfiniteLookbackBuffer(space=space)
@@ -169,9 +197,9 @@ class _Ongoing:
 class VectorRollout:
     """Samples a :class:`~amal_rllib.envs.smax_vector.SMAXVectorEnv` with one RLModule for every agent.
 
-    ``sample`` returns ``(episodes, stats)``: the finished episodes and the
-    running chunks (timesteps mode) or exactly ``num_episodes`` finished ones
-    (episodes mode), and a dict of counts for the runner's metrics.
+    ``sample`` returns ``(finished, chunks, stats)``: the finished episodes and the
+    running chunks (timesteps mode) or exactly ``num_episodes`` finished ones, each
+    sub-env's first (episodes mode), and a dict of counts for the runner's metrics.
     """
 
     def __init__(self, env, module_id: str, mapping_fn: Callable, seed: int | None = None) -> None:
@@ -202,7 +230,9 @@ class VectorRollout:
         self._ongoing = [_Ongoing(uuid.uuid4().hex, 0, now) for _ in range(self.env.num_envs)]
 
     @torch.no_grad()
-    def _act(self, module, obs: np.ndarray, explore: bool, random_actions: bool, extra: dict[str, list]):
+    def _act(
+        self, module, obs: np.ndarray, explore: bool, random_actions: bool, extra: dict[str, list], policy=None
+    ):
         flat = torch.from_numpy(obs.reshape(-1, obs.shape[-1]))
         batch = {k: flat[:, s] for k, s in zip(OBS_KEYS, self.layout, strict=True)}
         if random_actions:
@@ -210,8 +240,11 @@ class VectorRollout:
             dist = module.get_exploration_action_dist_cls().from_logits(logits)
             actions = dist.sample()
         else:
-            out = (module.forward_exploration if explore else module.forward_inference)({Columns.OBS: batch})
-            logits = out[Columns.ACTION_DIST_INPUTS]
+            if policy is not None:  # e.g. one CEM candidate per group of sub-envs (amal.rollouts)
+                logits = policy(batch)
+            else:
+                out = (module.forward_exploration if explore else module.forward_inference)({Columns.OBS: batch})
+                logits = out[Columns.ACTION_DIST_INPUTS]
             if explore:
                 dist = module.get_exploration_action_dist_cls().from_logits(logits)
                 actions = dist.sample()
@@ -232,36 +265,52 @@ class VectorRollout:
         explore: bool = True,
         random_actions: bool = False,
         weights_seq_no: int = 0,
+        quota: Sequence[int] | None = None,
+        policy: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
     ) -> tuple[list[MultiAgentEpisode], list[MultiAgentEpisode], dict]:
-        """Steps all sub-envs ``num_steps`` times, or until ``num_episodes`` episodes finished.
+        """Steps all sub-envs ``num_steps`` times, or until each has ended its share of ``num_episodes``.
 
-        Returns ``(finished, chunks, stats)``: finished episodes, running chunks
-        (timesteps mode only; continued next call) and ``{"env_steps": ...}``.
+        Episodes mode: sub-env ``e`` contributes its first ``quota[e]`` episodes
+        (:func:`episode_quota` of ``num_episodes`` unless ``quota`` is given), in round order
+        (:func:`quota_segments`). ``policy``: maps the flat observation batch (``{key: [E * N,
+        ...]}``, sub-env major) to action-distribution inputs ``[E * N, A]`` in place of the
+        module's forward pass (the module's action distribution class still draws the actions).
+        Returns ``(finished, chunks, stats)``: finished episodes, running chunks (timesteps mode
+        only; continued next call) and ``{"env_steps": ..., "episode_envs": [sub-env of each
+        finished episode]}``.
         """
-        if (num_steps is None) == (num_episodes is None):
-            raise ValueError("give exactly one of num_steps and num_episodes")
-        if num_episodes is not None or self.needs_reset:
+        if (num_steps is None) == (num_episodes is None and quota is None):
+            raise ValueError("give exactly one of num_steps and num_episodes (or quota)")
+        if num_steps is None:
+            if quota is None:
+                quota = episode_quota(num_episodes, self.env.num_envs)
+            quota = np.asarray(quota, dtype=np.int64)
+            if quota.shape != (self.env.num_envs,) or (quota < 0).any():
+                raise ValueError(f"quota must hold {self.env.num_envs} counts >= 0 (one per sub-env), got {quota}")
+            if num_episodes is not None and int(quota.sum()) != num_episodes:
+                raise ValueError(f"quota {quota.tolist()} sums to {int(quota.sum())}, not num_episodes={num_episodes}")
+        if num_steps is None or self.needs_reset:
             self.reset()
         obs_steps, next_rows, scalars, actions = [], [], [], []
         extra: dict[str, list] = {Columns.ACTION_DIST_INPUTS: [], Columns.ACTION_LOGP: []}
         n = self.n_agents
         obs = self._obs
-        finished = 0
+        ended = np.zeros(self.env.num_envs, dtype=np.int64)
         t = 0
-        while (t < num_steps) if num_steps is not None else (finished < num_episodes):
-            a = self._act(module, obs, explore, random_actions, extra)
+        while (t < num_steps) if num_steps is not None else bool((ended < quota).any()):
+            a = self._act(module, obs, explore, random_actions, extra, policy)
             out = self.env.step_packed(a)
             obs_steps.append(obs)
             actions.append(a)
             next_rows.append(out[:, :n])
             scalars.append(out[:, n, :6])
             obs = out[:, n + 1 :]
-            if num_episodes is not None:
-                finished += int(((out[:, n, TERMINATED_COL] > 0.5) | (out[:, n, TRUNCATED_COL] > 0.5)).sum())
+            if num_steps is None:
+                ended += (out[:, n, TERMINATED_COL] > 0.5) | (out[:, n, TRUNCATED_COL] > 0.5)
             t += 1
         self._obs = obs
         if t == 0:
-            return [], [], {"env_steps": 0}
+            return [], [], {"env_steps": 0, "episode_envs": []}
         obs_arr = np.stack(obs_steps)  # [T, E, N, W]
         next_arr = np.stack(next_rows)  # [T, E, N, W]
         sc = np.stack(scalars)  # [T, E, 6]
@@ -270,11 +319,12 @@ class VectorRollout:
         emo[WEIGHTS_SEQ_NO] = np.full(act.shape, weights_seq_no, dtype=np.int64)
         done = (sc[..., TERMINATED_COL] > 0.5) | (sc[..., TRUNCATED_COL] > 0.5)
 
-        finished_eps, chunks = [], []
+        finished_eps, chunks, episode_envs = [], [], []
         now = time.perf_counter()
-        for seg in episode_segments(done):
-            if num_episodes is not None and (not seg.ended or len(finished_eps) >= num_episodes):
-                continue
+        segments = episode_segments(done)
+        if num_steps is None:
+            segments = quota_segments(segments, quota)
+        for seg in segments:
             e, a0, a1 = seg.env, seg.start, seg.stop
             ongoing = self._ongoing[e]
             last = sc[a1 - 1, e]
@@ -311,11 +361,12 @@ class VectorRollout:
             episode._last_step_time = now
             if seg.ended:
                 finished_eps.append(episode)
+                episode_envs.append(e)
                 self._ongoing[e] = _Ongoing(uuid.uuid4().hex, 0, now)
             else:
                 chunks.append(episode)
                 self._ongoing[e] = _Ongoing(ongoing.episode_id, ongoing.env_t_started + (a1 - a0), now)
-        if num_episodes is not None:
+        if num_steps is None:
             self.drop_episodes()  # the unfinished episodes are dropped; the next call resets
         env_steps = t * self.env.num_envs
-        return finished_eps, chunks, {"env_steps": env_steps}
+        return finished_eps, chunks, {"env_steps": env_steps, "episode_envs": episode_envs}

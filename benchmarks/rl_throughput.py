@@ -133,6 +133,7 @@ def mappo_iterations(
         for _ in range(warmup):  # JIT compilation, first episodes (AMAL: a filled auxiliary buffer)
             trainer.train()
         del learn_times[:]
+        aux_cpu0 = _aux_cpu_seconds(trainer)
         steps = aux = 0.0
         aux_timers = {AUX_LAUNCH_TIMER: 0.0, AUX_COLLECT_TIMER: 0.0, AUX_BUFFER_SAMPLE_TIMER: 0.0}
         t0 = time.perf_counter()
@@ -143,6 +144,7 @@ def mappo_iterations(
             for name in aux_timers:  # this iteration's seconds (window=1)
                 aux_timers[name] += raw["timers"].get(name, 0.0)
         wall = time.perf_counter() - t0
+        aux_cpu = _aux_cpu_seconds(trainer) - aux_cpu0
     finally:
         trainer.stop()
     ray.shutdown()
@@ -152,7 +154,22 @@ def mappo_iterations(
         "aux_launch_s": aux_timers[AUX_LAUNCH_TIMER] / iterations,
         "aux_wait_s": aux_timers[AUX_COLLECT_TIMER] / iterations,
         "aux_buffer_s": aux_timers[AUX_BUFFER_SAMPLE_TIMER] / iterations,
+        "aux_cpu_s": aux_cpu / iterations,
     }
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _aux_cpu_seconds(trainer) -> float:
+    """CPU seconds used so far by the processes of AMAL's auxiliary env runners (0 for MAPPO)."""
+    group = getattr(trainer, "aux_env_runner_group", None)
+    if group is None:
+        return 0.0
+    return float(sum(group.foreach_env_runner(lambda r: time.process_time(), local_env_runner=False)))
 
 
 def main() -> None:
@@ -206,6 +223,9 @@ def main() -> None:
     if not args.skip_old:
         old, new = rows[("RLlib loop", 2, 16, 4000)], rows[("vectorised", 2, 16, 4000)]
         print(f"vectorised / RLlib loop, same shape: {new['steps_per_s'] / old['steps_per_s']:.2f}x")
+    import torch
+
+    print(f"torch threads of the learner (this process): {torch.get_num_threads()}; CPU cores: {_cores()}")
     print("goal: >= 4,000 env steps/s per MAPPO iteration on SMAX 3m with 2 CPU cores")
     if args.amal:
         compare_amal(args)
@@ -246,13 +266,14 @@ def compare_amal(args) -> None:
           f"batch {args.train_batch}; AMAL + {d.num_aux_env_runners} auxiliary runner(s) (defaults: lambda_info "
           f"{d.lambda_info}, aux_ratio {d.aux_ratio}, aux_buffer_capacity {d.aux_buffer_capacity})")
     print(f"{'algorithm':<18}{'iteration s':>12}{'vs MAPPO':>9}{'learner s':>11}{'aux launch s':>14}"
-          f"{'aux wait s':>12}{'aux draw s':>12}{'primary steps/s':>17}{'aux steps/iter':>16}")
+          f"{'aux wait s':>12}{'aux draw s':>12}{'aux CPU s':>11}{'primary steps/s':>17}{'aux steps/iter':>16}")
     for name, r in rows.items():
         print(f"{name:<18}{r['iter_s']:>12.2f}{r['iter_s'] / m['iter_s']:>8.2f}x{r['learn_s']:>11.2f}"
-              f"{r['aux_launch_s']:>14.2f}{r['aux_wait_s']:>12.2f}{r['aux_buffer_s']:>12.2f}"
+              f"{r['aux_launch_s']:>14.2f}{r['aux_wait_s']:>12.2f}{r['aux_buffer_s']:>12.2f}{r['aux_cpu_s']:>11.2f}"
               f"{r['steps_per_s']:>17.0f}{r['aux_steps_per_iter']:>16.0f}")
     print("learner s: the learner update, timed per iteration; aux launch: CEM ask + candidate weights sent;")
-    print("aux wait: waiting for the auxiliary runner after primary sampling + scoring + storing; aux draw: buffer sample")
+    print("aux wait: waiting for the auxiliary runner after primary sampling + scoring + storing; aux draw: buffer sample;")
+    print("aux CPU s: CPU seconds of the auxiliary runner process(es) per iteration (playing the CEM candidates)")
     if args.repeats > 1:
         print(f"medians over {args.repeats} alternating repeats; AMAL / MAPPO per repeat: " + ", ".join(
             f"{ra['iter_s'] / rm['iter_s']:.2f}x" for rm, ra in zip(runs["mappo"], runs["amal"], strict=True)

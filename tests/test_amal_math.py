@@ -185,17 +185,8 @@ def test_fused_forward_equals_vmapped_functional_call(make_actor):
 
 
 def test_mi_of_an_actor_outside_the_fused_path_equals_the_per_sample_loop():
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp, self.out = nn.Linear(OBS, 16), nn.Linear(16, ACTIONS)
-
-        def forward(self, x):
-            h = torch.tanh(self.inp(x))
-            return self.out(h + h.mean(-1, keepdim=True))
-
     torch.manual_seed(3)
-    actor = Residual()
+    actor = _Residual()
     assert not supports_fused_forward(actor)
     params = {name: p.detach() for name, p in actor.named_parameters()}
     obs, mask, log_lik = random_batch(n=21, seed=4)
@@ -203,6 +194,70 @@ def test_mi_of_an_actor_outside_the_fused_path_equals_the_per_sample_loop():
     fast = mi_estimate(actor, params, noise, obs, mask, log_lik)
     assert fast.abs().max() > 1e-3
     assert torch.allclose(fast, mi_estimate_reference(actor, params, noise, obs, mask, log_lik), atol=1e-5)
+
+
+class _Residual(nn.Module):
+    """An actor outside the fused path (``vmap(functional_call)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(OBS, 16), nn.Linear(16, ACTIONS)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.out(h + h.mean(-1, keepdim=True))
+
+
+def test_candidate_blocks_give_each_candidate_its_episodes_on_its_own_sub_envs():
+    from amal_rllib.amal.rollouts import candidate_blocks
+
+    block, quota = candidate_blocks(40, 10, 4)  # the defaults: 10 candidates x 4 episodes on 40 sub-envs
+    assert block == 4 and quota.tolist() == [1] * 40
+    block, quota = candidate_blocks(40, 7, 4)  # a generation's last, smaller share: 5 sub-envs each, 5 idle
+    assert block == 5 and quota.reshape(-1)[:35].reshape(7, 5).sum(1).tolist() == [4] * 7
+    assert quota[35:].sum() == 0
+    block, quota = candidate_blocks(4, 2, 4)  # fewer sub-envs than episodes: two in a row on each
+    assert block == 2 and quota.tolist() == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="3 candidates need 1 to num_envs=2"):
+        candidate_blocks(2, 3, 1)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_candidate_policy_gives_each_sub_env_its_own_candidates_masked_logits(fused):
+    """One batched forward equals, row by row, the candidate's own actor with the module's masking."""
+    from amal_rllib.amal.rollouts import CandidatePolicy, actor_layout, actor_state_from_flat, flatten_actor
+    from amal_rllib.core.losses import mask_logits
+
+    torch.manual_seed(5)
+    actor = build_mlp(OBS, (32, 16), ACTIONS, layer_norm=True, out_gain=1.0) if fused else _Residual()
+    assert supports_fused_forward(actor) == fused
+    phi, layout = flatten_actor(actor), actor_layout(actor)
+    rng = np.random.default_rng(0)
+    flats = [phi + rng.normal(scale=0.3, size=phi.shape) for _ in range(3)]
+    states = [actor_state_from_flat(f, layout) for f in flats]
+    num_envs, n_agents = 7, 3  # blocks of 2 sub-envs; sub-env 6 is left over (candidate 0 plays it)
+    obs, mask, _ = random_batch(n=num_envs * n_agents, seed=3)
+    out = CandidatePolicy(actor, states, num_envs)({"obs": obs, "action_mask": mask})
+    assert out.shape == (num_envs * n_agents, ACTIONS)
+    for row in range(num_envs * n_agents):
+        env = row // n_agents
+        candidate = env // 2 if env < 6 else 0
+        own = copy_with_flat(actor, flats[candidate], layout)
+        with torch.no_grad():
+            expected = mask_logits(own(obs[row : row + 1]), mask[row : row + 1])[0]
+        assert torch.allclose(out[row], expected, atol=1e-5), row
+    assert not torch.allclose(out[:6], out[6:12], atol=1e-3)  # the candidates differ
+
+
+def copy_with_flat(actor, flat, layout):
+    import copy
+
+    from amal_rllib.amal.rollouts import actor_state_from_flat
+
+    own = copy.deepcopy(actor)
+    state = actor_state_from_flat(flat, layout, prefix="")
+    own.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    return own
 
 
 def test_mi_never_looks_at_invalid_actions():

@@ -9,6 +9,7 @@ import torch
 from ray.rllib.core.columns import Columns
 
 from amal_rllib.amal import AMAL
+from amal_rllib.amal.algorithm import aux_envs_per_runner
 from amal_rllib.amal.connectors import is_auxiliary_episode_id
 from amal_rllib.amal.rollouts import actor_state_from_flat
 from amal_rllib.core.mi import masked_log_policy
@@ -31,10 +32,6 @@ from amal_rllib.metrics import (
 from amal_rllib.presets import amal_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def first_linear(actor):
-    return next(layer for layer in actor if isinstance(layer, torch.nn.Linear))
 
 
 def actor_logp(flat, layout, episodes):
@@ -99,18 +96,14 @@ def test_amal_end_to_end_with_auxiliary_runners(ray_local, tmp_path):
             assert np.allclose(own, stored, atol=1e-5), "every step was played by the candidate"
             primary, _ = actor_logp(phi, algo._actor_layout, episodes)
             assert not np.allclose(primary, stored, atol=1e-3)
+            # All of a runner's candidates play at once: one per runner here (2 candidates, 2 runners), each on
+            # aux_episodes_per_candidate sub-envs, exactly that many whole episodes, one from each sub-env.
+            assert len(episodes) == algo.config.aux_episodes_per_candidate
         assert algo._ledger.in_flight == [0, 1]  # generation 2 is out while the checkpoint below is taken
-        runner_weights = algo.aux_env_runner_group.foreach_env_runner(
-            lambda r: next(m for m in r.module[SHARED_POLICY].actor if isinstance(m, torch.nn.Linear))
-            .weight.detach()
-            .numpy()
-            .copy(),
-            local_env_runner=False,
-        )
-        assert len(runner_weights) == 2 and not np.allclose(runner_weights[0], runner_weights[1])
-        assert not np.allclose(
-            runner_weights[0], first_linear(algo.env_runner.module[SHARED_POLICY].actor).weight.detach().numpy()
-        )
+        assert aux_envs_per_runner(algo.config) == algo.config.aux_episodes_per_candidate == 4
+        assert algo.aux_env_runner_group.foreach_env_runner(
+            lambda r: (r.num_envs, r.can_sample_with_policy()), local_env_runner=False
+        ) == [(4, True), (4, True)]
 
         # Env steps: primary and auxiliary counted apart, the total is their sum.
         last = results[-1]
@@ -205,14 +198,14 @@ def test_a_hung_auxiliary_runner_is_restarted_and_its_candidates_played_again(ra
         seed=0,
     ).training(num_epochs=1)
     def hang_next_sample(runner):
-        """On an auxiliary runner: its next ``sample`` call never returns (a stuck env or simulator).
+        """On an auxiliary runner: its env's next step never returns (a stuck env or simulator).
         (Nested, so Ray ships it by value to the runner process.)"""
         import time
 
         def stuck(*args, **kwargs):
             time.sleep(3600)
 
-        runner.sample = stuck
+        runner.env.step_packed = stuck
 
     algo = config.build_algo()
     try:

@@ -14,7 +14,7 @@ from ray.rllib.utils.postprocessing.value_predictions import compute_value_targe
 
 from amal_rllib.envs.spec import ACTION_MASK_KEY, ALIVE_KEY, OBS_KEY, STATE_KEY
 from amal_rllib.learner_connector import TeamEpisodesToBatch, TeamGAE, gae
-from amal_rllib.rollout import Segment, build_episode, episode_segments
+from amal_rllib.rollout import Segment, build_episode, episode_quota, episode_segments, quota_segments
 
 
 # ---------------------------------------------------------------------------------------------- pure pieces
@@ -35,6 +35,37 @@ def test_episode_segments_cut_after_each_end_and_order_by_finish():
     for s in segs:
         covered[s.start : s.stop, s.env] += 1
     assert (covered == 1).all()
+
+
+def test_episode_quota_deals_episodes_to_sub_envs_round_by_round():
+    assert episode_quota(10, 4).tolist() == [3, 3, 2, 2]
+    assert episode_quota(2, 4).tolist() == [1, 1, 0, 0]
+    assert episode_quota(8, 4).tolist() == [2, 2, 2, 2]
+    assert episode_quota(0, 3).tolist() == [0, 0, 0]
+    for n, e in [(7, 3), (1, 1), (13, 5)]:
+        q = episode_quota(n, e)
+        assert q.sum() == n and q.max() - q.min() <= 1
+    with pytest.raises(ValueError, match="num_envs"):
+        episode_quota(3, 0)
+
+
+def test_quota_segments_keep_each_sub_envs_first_episodes_not_the_first_to_finish():
+    done = np.zeros((10, 3), dtype=bool)
+    done[[1, 3, 5], 0] = True  # env 0 plays short episodes: three end before env 1's first
+    done[7, 1] = True
+    done[[8, 9], 2] = True
+    segs = episode_segments(done)
+    # "First 3 to finish" would be all three of env 0's; a quota of one each takes every env's first.
+    assert [s.env for s in segs if s.ended][:3] == [0, 0, 0]
+    assert quota_segments(segs, np.array([1, 1, 1])) == [
+        Segment(0, 0, 2, True), Segment(1, 0, 8, True), Segment(2, 0, 9, True)
+    ]
+    # Round order: every env's first episode, then the second ones; a quota of 0 takes nothing.
+    assert quota_segments(segs, np.array([2, 0, 2])) == [
+        Segment(0, 0, 2, True), Segment(2, 0, 9, True), Segment(0, 2, 4, True), Segment(2, 9, 10, True)
+    ]
+    with pytest.raises(ValueError, match="sub-env 1 ended 1 episodes, its quota is 2"):
+        quota_segments(segs, np.array([1, 2, 1]))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -242,6 +273,62 @@ def test_fast_sampler_episodes_mode_returns_exactly_that_many_finished_episodes(
         for sa in e.agent_episodes.values():
             logits = sa.get_extra_model_outputs(Columns.ACTION_DIST_INPUTS)
             np.testing.assert_array_equal(sa.get_actions(), logits.argmax(-1))
+
+
+@pytest.mark.slow
+def test_fast_sampler_episodes_mode_takes_each_sub_envs_first_episodes(fast_algo):
+    runner = fast_algo.env_runner
+    assert runner.num_envs == 8
+    calls = []
+    step = runner.env.step_packed
+
+    def counting_step(actions):
+        calls.append(1)
+        return step(actions)
+
+    runner.env.step_packed = counting_step
+    try:
+        episodes, envs = runner.sample_with_policy(None, np.array([2, 1, 1, 1, 1, 1, 1, 0]))
+    finally:
+        runner.env.step_packed = step
+    assert len(episodes) == 8 and all(e.is_done and e.env_t_started == 0 for e in episodes)
+    assert sorted(envs) == [0, 0, 1, 2, 3, 4, 5, 6]
+    assert envs[:7] == [0, 1, 2, 3, 4, 5, 6] and envs[7] == 0  # round order
+    # The rollout ran until the last quota was met, and no longer (env 0's second episode follows its first).
+    ends = [len(episodes[0]) + len(episodes[7])] + [len(e) for e in episodes[1:7]]
+    assert max(ends) == len(calls)
+    for e in episodes:
+        e.validate()
+
+
+@pytest.mark.slow
+def test_fast_sampler_plays_a_given_policy_and_stores_its_log_probs(fast_algo):
+    """``sample_with_policy``: each sub-env's actions come from the policy given, not the module."""
+    runner = fast_algo.env_runner
+    module = runner.module["shared_policy"]
+    seen = []
+
+    def policy(batch):  # sub-envs 0-3 play the module's actor, 4-7 a flat policy over the valid actions
+        seen.append(batch[OBS_KEY].shape[0])
+        with torch.no_grad():
+            logits = module.actor(batch[OBS_KEY])
+        logits[logits.shape[0] // 2 :] = 0.0
+        return torch.where(batch[ACTION_MASK_KEY] > 0.5, logits, torch.finfo(torch.float32).min)
+
+    episodes, envs = runner.sample_with_policy(policy, np.ones(8, dtype=np.int64))
+    assert set(seen) == {8 * 3} and sorted(envs) == list(range(8))
+    for e, env in zip(episodes, envs, strict=True):
+        for sa in e.agent_episodes.values():
+            obs = sa.get_observations()
+            mask = torch.as_tensor(np.asarray(obs[ACTION_MASK_KEY][:-1]))
+            with torch.no_grad():
+                logits = module.actor(torch.as_tensor(np.asarray(obs[OBS_KEY][:-1])))
+            if env >= 4:
+                logits = torch.zeros_like(logits)
+            log_pi = torch.log_softmax(torch.where(mask > 0.5, logits, torch.finfo(torch.float32).min), -1)
+            actions = torch.as_tensor(np.asarray(sa.get_actions())).long()
+            expected = log_pi.gather(1, actions[:, None]).squeeze(1).numpy()
+            np.testing.assert_allclose(sa.get_extra_model_outputs(Columns.ACTION_LOGP), expected, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@
    phi||``), store them in the auxiliary buffer, and refit the CEM distribution
    when a generation is complete;
 3. draw ``aux_ratio`` of the batch from the auxiliary buffer;
-4. hand the next CEM candidates to the auxiliary env runners (async), so they
-   play while the learner works (``aux_rollout_overlap="learner"``; with
+4. hand the next CEM candidates to the auxiliary env runners (async; on SMAX a
+   runner plays all of its candidates in one vectorised rollout, each on its
+   own sub-envs: ``aux_envs_per_runner``), so they play while the learner works (``aux_rollout_overlap="learner"``; with
    "sampling" this happens before step 1 and step 2 collects them in the same
    iteration). CEM searches the *offset* ``delta`` from the primary actor: a
    candidate plays with ``phi_t + delta``, ``phi_t`` the primary actor when it
@@ -49,6 +50,7 @@ from ray.rllib.utils.metrics import (
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from ..core.cem import CEMPopulation, GenerationLedger, distance_penalised_fitness
+from ..env_runner import vectorised_sampling
 from ..mappo.algorithm import MAPPO
 from ..mappo.config import SHARED_POLICY
 from ..metrics import (
@@ -76,7 +78,7 @@ from .rollouts import (
     flatten_actor,
     learner_rows,
     mark_auxiliary,
-    play_candidates,
+    play_candidates_batched,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,17 @@ def mixed_minibatches(
         return minibatch_size, 0
     scaled = math.ceil(minibatch_size * (primary_rows + aux_rows) / primary_rows)
     return scaled, cyclic_minibatch_count(primary_rows, minibatch_size, num_epochs)
+
+
+def aux_envs_per_runner(config: AMALConfig) -> int:
+    """Sub-envs of each auxiliary env runner: with the vectorised SMAX sampler, enough for all of an
+    iteration's candidates on that runner to play their ``aux_episodes_per_candidate`` episodes at
+    once (one sub-env per episode, :func:`~amal_rllib.amal.rollouts.play_candidates_batched`); else 1
+    (RLlib's per-step loop plays the candidates one after another)."""
+    if config.num_aux_env_runners < 1 or not vectorised_sampling(config.env_config):
+        return 1
+    per_runner = math.ceil(config.candidates_per_iteration / config.num_aux_env_runners)
+    return per_runner * config.aux_episodes_per_candidate
 
 
 def _actor_snapshot(learner, module_id: str) -> tuple[np.ndarray, list, str]:
@@ -175,7 +188,7 @@ class AMAL(MAPPO):
             aux_config = cfg.copy(copy_frozen=False)
             aux_config.env_runners(
                 num_env_runners=cfg.num_aux_env_runners,
-                num_envs_per_env_runner=1,
+                num_envs_per_env_runner=aux_envs_per_runner(cfg),
                 num_cpus_per_env_runner=cfg.num_cpus_per_aux_env_runner,
             )
             if cfg.seed is not None:
@@ -327,7 +340,7 @@ class AMAL(MAPPO):
             assignments[workers[i % len(workers)]].append((candidate, state))
         sent = self.aux_env_runner_group.foreach_env_runner_async(
             functools.partial(
-                play_candidates,
+                play_candidates_batched,
                 assignments=assignments,
                 num_episodes=cfg.aux_episodes_per_candidate,
                 module_id=SHARED_POLICY,

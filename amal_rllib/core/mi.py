@@ -145,6 +145,25 @@ def _unshare(h: torch.Tensor, shared: bool, num_sets: int) -> tuple[torch.Tensor
     return h.unsqueeze(1).expand(-1, num_sets, -1, -1).reshape(-1, *h.shape[1:]), False
 
 
+def batched_actor_logits(actor: nn.Module, batched: Params, obs: torch.Tensor) -> torch.Tensor:
+    """Logits ``[C, P, M, out]`` of ``P`` parameter sets of ``actor`` per group ``c`` on that group's inputs.
+
+    ``batched`` ``{name: [C, P, *shape]}`` (names as in ``actor.named_parameters()``), ``obs``
+    ``[C, M, in]``. MAPPO's MLP goes through :func:`fused_sequential_forward`; any other actor
+    through ``vmap(vmap(functional_call))`` (the same values, more passes over memory). Used by the
+    MI estimator (``P`` = the actor and its ``K`` perturbations) and by the auxiliary runners
+    (``C`` CEM candidates, one parameter set each, on their own sub-envs' observations).
+    """
+    if supports_fused_forward(actor):
+        return fused_sequential_forward(actor, batched, obs)
+
+    def one_policy(weights: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(actor, dict(weights), (x,))
+
+    over_policies = vmap(one_policy, in_dims=(0, None))  # weights [P, ...], x [M, Do] -> [P, M, A]
+    return vmap(over_policies, in_dims=(0, 0))(batched, obs)  # [C, P, M, A]
+
+
 def perturbed_log_policies(
     actor: nn.Module, params: Params, noise: Params, obs: torch.Tensor, action_mask: torch.Tensor
 ) -> torch.Tensor:
@@ -153,22 +172,12 @@ def perturbed_log_policies(
     ``noise`` ``{name: [C, K, *shape]}``; ``obs`` ``[C, M, Do]``; ``action_mask``
     ``[C, M, A]``. Returns ``[C, K + 1, M, A]``. The unperturbed actor runs
     inside the same batched call (zero noise), so it is computed by exactly the
-    same kernels as the perturbed ones. MAPPO's MLP goes through
-    :func:`fused_sequential_forward`; any other actor through
-    ``vmap(vmap(functional_call))`` (the same values, more passes over memory).
+    same kernels as the perturbed ones (:func:`batched_actor_logits`).
     """
     batched = {
         name: params[name] + torch.cat([torch.zeros_like(eps[:, :1]), eps], dim=1) for name, eps in noise.items()
     }
-    if supports_fused_forward(actor):
-        return masked_log_policy(fused_sequential_forward(actor, batched, obs), action_mask[:, None])
-
-    def one_policy(weights: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(actor, dict(weights), (x,))
-
-    over_policies = vmap(one_policy, in_dims=(0, None))  # weights [K+1, ...], x [M, Do] -> [K+1, M, A]
-    logits = vmap(over_policies, in_dims=(0, 0))(batched, obs)  # [C, K+1, M, A]
-    return masked_log_policy(logits, action_mask[:, None])
+    return masked_log_policy(batched_actor_logits(actor, batched, obs), action_mask[:, None])
 
 
 def _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik):
