@@ -9,9 +9,9 @@
 3. draw ``aux_ratio`` of the batch from the auxiliary buffer;
 4. hand the next CEM candidates to the auxiliary env runners (async; on SMAX a
    runner plays all of its candidates in one vectorised rollout, each on its
-   own sub-envs: ``aux_envs_per_runner``), so they play while the learner works (``aux_rollout_overlap="learner"``; with
-   "sampling" this happens before step 1 and step 2 collects them in the same
-   iteration). CEM searches the *offset* ``delta`` from the primary actor: a
+   own sub-envs: ``aux_envs_per_runner``), so they play while the learner
+   works (``aux_rollout_overlap="learner"``; with "sampling" this happens
+   before step 1 and step 2 collects them in the same iteration). CEM searches the *offset* ``delta`` from the primary actor: a
    candidate plays with ``phi_t + delta``, ``phi_t`` the primary actor when it
    is launched, so the search distribution is centred on the current primary
    policy at every generation (``mu`` starts at ``phi``, as ``amal.md`` says,
