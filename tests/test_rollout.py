@@ -171,6 +171,63 @@ def test_build_episode_equals_an_episode_built_step_by_step(ended):
         assert successor.id_ == built.id_ and successor.env_t_started == length
 
 
+def test_fast_agent_episodes_equal_rllibs_constructor_attribute_for_attribute():
+    """``EpisodeParts`` skips ``SingleAgentEpisode.__init__``: every attribute must still be what the
+    constructor (plus the space setters, as RLlib's runner leaves them) sets, and nothing mutable shared."""
+    from ray.rllib.env.single_agent_episode import _REWARDS_BOX_SPACE, SingleAgentEpisode
+    from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
+
+    from amal_rllib.rollout import EpisodeParts, _buffer
+
+    length, ids = 6, ["agent_0", "agent_1"]
+    obs, actions, rewards, logp, layout = _packed_episode_data(length, n_agents=2)
+    obs_spaces, act_spaces = _spaces(ids, layout)
+    parts = EpisodeParts(ids, "m", obs_spaces, act_spaces)
+    keys = (OBS_KEY, STATE_KEY, ACTION_MASK_KEY, ALIVE_KEY)
+    for ended in (True, False):
+        data = dict(
+            observations={k: np.ascontiguousarray(obs[:, 1, s]) for k, s in zip(keys, layout, strict=True)},
+            infos=[{} for _ in range(length)] + [{"battle_won": ended}],
+            actions=np.ascontiguousarray(actions[:, 1]),
+            rewards=rewards.astype(np.float64),
+            extra_model_outputs={Columns.ACTION_LOGP: np.ascontiguousarray(logp[:, 1])},
+        )
+        fast = parts.agent_episode("agent_1", episode_id="x", t_started=4, terminated=ended, truncated=False, **data)
+        slow = SingleAgentEpisode(
+            agent_id="agent_1",
+            module_id="m",
+            multi_agent_episode_id="x",
+            observations=_buffer(data["observations"]),
+            infos=_buffer(data["infos"]),
+            actions=_buffer(data["actions"]),
+            rewards=_buffer(data["rewards"], space=_REWARDS_BOX_SPACE),
+            extra_model_outputs={k: _buffer(v) for k, v in data["extra_model_outputs"].items()},
+            terminated=ended,
+            truncated=False,
+            t_started=4,
+            len_lookback_buffer=0,
+        )
+        slow.observation_space = obs_spaces["agent_1"]
+        slow.action_space = act_spaces["agent_1"]
+        for name in SingleAgentEpisode.__slots__:
+            value = getattr(slow, name)
+            if name == "id_":
+                assert isinstance(fast.id_, str) and len(fast.id_) == 32
+            elif name == "extra_model_outputs":
+                assert value.keys() == fast.extra_model_outputs.keys()
+                assert all(fast.extra_model_outputs[k] == v for k, v in value.items())
+            else:
+                assert getattr(fast, name) == value, name
+                if isinstance(value, InfiniteLookbackBuffer):
+                    assert vars(getattr(fast, name)).keys() == vars(value).keys(), name
+        fast.validate()
+        assert len(fast) == length and fast.t == 4 + length and fast.is_done == ended
+    again = parts.agent_episode("agent_1", episode_id="y", t_started=0, terminated=False, truncated=False, **data)
+    for name in ("observations", "infos", "actions", "rewards", "extra_model_outputs", "_custom_data"):
+        assert getattr(again, name) is not getattr(fast, name), name  # no state shared between episodes
+    assert again.id_ != fast.id_
+
+
 def test_episode_metrics_equal_rllibs_log_dict_version_key_for_key():
     """TeamEnvRunner logs RLlib's per-episode metrics without log_dict: same keys, order, reductions and
     windows (more episodes than the window, so the window is what is compared, and min/max too)."""
