@@ -158,12 +158,6 @@ def mappo_iterations(
     }
 
 
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def _aux_cpu_seconds(trainer) -> float:
     """CPU seconds used so far by the processes of AMAL's auxiliary env runners (0 for MAPPO)."""
     group = getattr(trainer, "aux_env_runner_group", None)
@@ -225,7 +219,9 @@ def main() -> None:
         print(f"vectorised / RLlib loop, same shape: {new['steps_per_s'] / old['steps_per_s']:.2f}x")
     import torch
 
-    print(f"torch threads of the learner (this process): {torch.get_num_threads()}; CPU cores: {_cores()}")
+    from amal_rllib.mappo.module import usable_cores
+
+    print(f"torch threads of the learner (this process): {torch.get_num_threads()}; CPU cores: {usable_cores()}")
     print("goal: >= 4,000 env steps/s per MAPPO iteration on SMAX 3m with 2 CPU cores")
     if args.amal:
         compare_amal(args)

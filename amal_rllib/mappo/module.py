@@ -55,6 +55,11 @@ def build_mlp(in_dim: int, hidden: Sequence[int], out_dim: int, layer_norm: bool
     return nn.Sequential(*layers)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_threads_for_this_process() -> int:
     """Torch CPU threads for this process: the CPUs it was given.
 
@@ -70,7 +75,7 @@ def cpu_threads_for_this_process() -> int:
     """
     value = os.environ.get("OMP_NUM_THREADS")
     if value is None or not value.strip():
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return usable_cores()
     try:
         threads = int(value)
     except ValueError:
