@@ -96,6 +96,37 @@ def test_world_model_learns_action_dependent_dynamics_in_nats():
     assert model.clamped_log_std().mean() < -1.0
 
 
+@pytest.mark.parametrize("block_rows", [1, 4, 7, None])
+def test_blocked_action_log_likelihoods_equal_the_gaussian_over_every_heads_mean(block_rows):
+    """The blocked pass (changes against predicted changes) is the density of ``model(obs)``'s means,
+    blocks of any size, a short last block included (17 rows)."""
+    torch.manual_seed(2)
+    model = GaussianWorldModel(obs_dim=10, target_dim=7, n_actions=4, hidden=(16, 8))
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.3)
+    obs, next_obs = torch.randn(17, 10), torch.randn(17, 10)
+    expected = gaussian_log_prob(model.target(next_obs), model(obs), model.clamped_log_std())
+    got = action_log_likelihoods(model, obs, next_obs, block_rows=block_rows)
+    assert got.shape == (17, 4)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert action_log_likelihoods(model, obs[:0], next_obs[:0], block_rows=block_rows).shape == (0, 4)
+
+
+def test_transition_nll_of_the_taken_head_alone_equals_every_heads_likelihood_and_its_gradient():
+    torch.manual_seed(3)
+    model = GaussianWorldModel(obs_dim=10, target_dim=7, n_actions=4, hidden=(16,))
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.3)
+    obs, next_obs, actions = torch.randn(9, 10), torch.randn(9, 10), torch.randint(4, (9,))
+    nll = transition_nll(model, obs, actions, next_obs)
+    grads = torch.autograd.grad(nll.sum(), list(model.parameters()))
+    full = -gaussian_log_prob(model.target(next_obs), model(obs), model.clamped_log_std())[torch.arange(9), actions]
+    expected = torch.autograd.grad(full.sum(), list(model.parameters()))
+    assert torch.allclose(nll, full, atol=1e-5)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_world_model_loss_of_an_empty_selection_is_zero_with_a_graph():
     model = GaussianWorldModel(4, 4, 2, hidden=(8,))
     loss = world_model_loss(model, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
@@ -182,6 +213,22 @@ def test_fused_forward_equals_vmapped_functional_call(make_actor):
     assert torch.allclose(fused, _vmapped_forward(actor, batched, obs), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(fused[:, 0], actor(obs), atol=1e-5)  # set 0 is the unperturbed actor
+
+
+def test_fused_forward_in_cache_sized_blocks_equals_one_pass(monkeypatch):
+    """``batched_actor_logits`` splits the groups into blocks (here 2 groups, then a last block of 1)."""
+    import amal_rllib.core.mi as mi
+
+    torch.manual_seed(12)
+    actor = build_mlp(OBS, (32, 16), ACTIONS, layer_norm=True, out_gain=1.0)
+    params = {name: p.detach() for name, p in actor.named_parameters()}
+    noise = sample_parameter_noise(params, 5, 4, 0.2, generator=torch.Generator().manual_seed(2))
+    batched = {n: params[n] + torch.cat([torch.zeros_like(e[:, :1]), e], dim=1) for n, e in noise.items()}
+    obs = torch.randn(5, 9, OBS)
+    whole = fused_sequential_forward(actor, batched, obs)
+    monkeypatch.setattr(mi, "FUSED_BLOCK_BYTES", 2 * 5 * 9 * 32 * 4)  # two groups' activations
+    assert mi.fused_block_groups(actor, 5, 9) == 2
+    assert torch.allclose(mi.batched_actor_logits(actor, batched, obs), whole, atol=1e-6)
 
 
 def test_mi_of_an_actor_outside_the_fused_path_equals_the_per_sample_loop():
