@@ -16,8 +16,12 @@ LayerNorm), the world model (256, 256, 128) predicting 75 dimensions.
    at ``B`` <= 10% of it. Also printed: the MI bonus of the *whole* batch (what
    one training iteration pays, world-model pass and noise draws included) as
    a share of the update.
-Timings are medians of ``--repeats`` runs, in this process, on ``--device``; the fused and
-``vmap`` paths alternate run by run.
+3. ``--blocks``: the MI bonus's two big passes over one default AMAL batch (16,384 env steps of
+   3m: ``--rows`` ~40,000 alive primary agent-steps, ``mi_samples_M`` 1,024), in cache-sized blocks
+   (the default: ``world_model.LIKELIHOOD_BLOCK_ROWS``, ``mi.FUSED_BLOCK_BYTES``) against one pass
+   over the whole batch (the path before), with the learner's torch threads; outputs checked equal.
+Timings are medians of ``--repeats`` runs, in this process, on ``--device``; the compared paths
+alternate run by run.
 """
 
 from __future__ import annotations
@@ -205,6 +209,61 @@ def part2(args, device, t_b: float):
     print(f"  MI bonus for the whole batch, vmap path:         {t_mi_vmap * 1e3:9.1f} ms  ({t_mi_vmap / t_update:.1%})")
 
 
+def part3(args, device) -> None:
+    import amal_rllib.core.mi as mi
+    from amal_rllib.core.world_model import GaussianWorldModel, action_log_likelihoods
+    from amal_rllib.mappo.module import build_mlp, set_cpu_threads
+
+    set_cpu_threads()  # the learner process's rule (every usable core on a driver)
+    torch.manual_seed(0)
+    obs_dim, n_actions, target, rows, chunk = 78, 8, 75, args.rows, 1024
+    actor = build_mlp(obs_dim, (64, 64), n_actions, False, 0.01).to(device)  # MAPPO's default actor
+    world_model = GaussianWorldModel(obs_dim, target, n_actions, (256, 256, 128)).to(device)
+    for p in world_model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    obs = torch.randn(rows, obs_dim, device=device)
+    next_obs = obs + 0.1 * torch.randn_like(obs)
+    params = {n: p.detach() for n, p in actor.named_parameters()}
+    noise = mi.sample_parameter_noise(params, math.ceil(rows / chunk), args.policies, 0.05)
+    batched = {n: params[n] + torch.cat([torch.zeros_like(e[:, :1]), e], dim=1) for n, e in noise.items()}
+    padded = torch.cat([obs, obs[-1:].expand(math.ceil(rows / chunk) * chunk - rows, -1)])
+    grouped = padded.view(-1, chunk, obs_dim)
+
+    def likelihoods(block):
+        with torch.no_grad():
+            return action_log_likelihoods(world_model, obs, next_obs, block_rows=block)
+
+    def logits(block_bytes):
+        saved, mi.FUSED_BLOCK_BYTES = mi.FUSED_BLOCK_BYTES, block_bytes
+        try:
+            with torch.no_grad():
+                return mi.batched_actor_logits(actor, batched, grouped)
+        finally:
+            mi.FUSED_BLOCK_BYTES = saved
+
+    from amal_rllib.core.world_model import LIKELIHOOD_BLOCK_ROWS
+
+    cases = {
+        "world-model likelihoods, every action": (
+            lambda: likelihoods(LIKELIHOOD_BLOCK_ROWS), lambda: likelihoods(None)
+        ),
+        f"perturbed actors' logits ({args.policies + 1} sets)": (
+            lambda: logits(mi.FUSED_BLOCK_BYTES), lambda: logits(2**62)
+        ),
+    }
+    print(f"MI bonus passes over {rows} agent-steps (one default 3m batch), torch threads {torch.get_num_threads()}, "
+          f"device {device}: blocked (default) vs one pass")
+    for name, (blocked, whole) in cases.items():
+        diff = float((blocked() - whole()).abs().max())
+        times = {"blocked": [], "whole": []}
+        for i in range(args.repeats):
+            for kind in ("blocked", "whole") if i % 2 == 0 else ("whole", "blocked"):
+                times[kind].append(median_time(blocked if kind == "blocked" else whole, 1, device))
+        tb, tw = statistics.median(times["blocked"]), statistics.median(times["whole"])
+        print(f"  {name:<42} blocked {tb * 1e3:8.1f} ms   one pass {tw * 1e3:8.1f} ms   "
+              f"{tw / tb:5.2f}x   (max |difference| {diff:.1e})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=256)
@@ -214,8 +273,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-update", action="store_true", help="only part 1 (no SMAX, no learner)")
+    parser.add_argument("--blocks", action="store_true", help="only part 3: blocked vs one-pass whole-batch passes")
+    parser.add_argument("--rows", type=int, default=40_000, help="part 3: agent-steps in the batch")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.blocks:
+        return part3(args, device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # as in the learner process
     t_b = part1(args, device)

@@ -493,6 +493,17 @@ def test_fitted_temperature_maximises_the_held_out_log_posterior_of_the_taken_ac
     torch.testing.assert_close(action_log_posterior(log_pi, log_lik, 0.0), log_pi)
 
 
+def test_fitted_temperature_ignores_each_rows_constant_likelihood_offset():
+    """The posterior ignores a row's constant ``log p(o'|o)``, and so does the fit (a fit that did not
+    would pick a temperature from rounding when the model ignores the action)."""
+    *_, log_pi, log_lik, actions = _equivalent_actions_toy(0.3)
+    offset = torch.randn(log_lik.shape[0], 1, generator=torch.Generator().manual_seed(9)) * 100.0
+    tau = fit_likelihood_temperature(log_pi, log_lik, actions)
+    assert 0.0 < tau < 4.0
+    assert fit_likelihood_temperature(log_pi, log_lik + offset, actions) == pytest.approx(tau, rel=1e-2)
+    assert fit_likelihood_temperature(log_pi, torch.zeros_like(log_lik) - 50.0 + offset, actions) == 0.0
+
+
 def test_mi_parts_equal_the_per_sample_reference_at_any_temperature_and_the_ceiling_its_definition():
     actor, params = actor_and_params()
     obs, mask, log_lik = random_batch()

@@ -329,9 +329,16 @@ def fit_likelihood_temperature(
     if log_pi.shape[0] == 0:
         return 1.0
     idx = actions.long()[:, None]
+    # The mean log posterior of the taken actions, split into what does not depend on tau and one
+    # log-sum-exp per tau; log p(o'|o,a) centred per row on its valid actions (the posterior ignores a
+    # row's constant, and a model that ignores the action then scores exactly as tau = 0 does).
+    valid = torch.isfinite(log_pi)
+    lik = torch.where(valid, log_lik, torch.full_like(log_lik, -math.inf))
+    lik = torch.where(valid, lik - lik.max(dim=-1, keepdim=True).values, torch.zeros_like(lik))
+    taken_pi, taken_lik = float(log_pi.gather(1, idx).mean()), float(lik.gather(1, idx).mean())
 
     def score(tau: float) -> float:
-        return float(action_log_posterior(log_pi, log_lik, tau).gather(1, idx).mean())
+        return taken_pi + tau * taken_lik - float(torch.logsumexp(torch.add(log_pi, lik, alpha=tau), dim=-1).mean())
 
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     lo, hi = math.log(TAU_MIN), math.log(TAU_MAX)
