@@ -147,8 +147,8 @@ def _unshare(h: torch.Tensor, shared: bool, num_sets: int) -> tuple[torch.Tensor
 
 #: Activation bytes per block of groups in :func:`batched_actor_logits`' fused path: a block's
 #: ``[groups x P, M, width]`` activations stay in cache. At the MI estimator's SMAX sizes (11 parameter
-#: sets x 1,024 rows x 64 units, ~2.9 MB per group) that is one group per block, ~2.3x faster on this
-#: project's 2-core machine than the whole batch at once (``benchmarks/mi_estimator.py``).
+#: sets x 1,024 rows x 64 units, ~2.9 MB per group) that is one group per block, ~2.3-2.5x faster on
+#: this project's 2-core machine than the whole batch at once (``benchmarks/mi_estimator.py --blocks``).
 FUSED_BLOCK_BYTES = 4 * 2**20
 
 
@@ -156,7 +156,8 @@ def fused_block_groups(actor: nn.Sequential, num_sets: int, rows: int, element_s
     """Groups per block of :func:`fused_sequential_forward` so one activation stays under ``FUSED_BLOCK_BYTES``."""
     width = max(
         [layer.in_features for layer in actor if isinstance(layer, nn.Linear)]
-        + [layer.out_features for layer in actor if isinstance(layer, nn.Linear)]
+        + [layer.out_features for layer in actor if isinstance(layer, nn.Linear)],
+        default=1,
     )
     return max(1, FUSED_BLOCK_BYTES // max(1, num_sets * rows * width * element_size))
 
