@@ -19,7 +19,9 @@ LayerNorm), the world model (256, 256, 128) predicting 75 dimensions.
 3. ``--blocks``: the MI bonus's two big passes over one default AMAL batch (16,384 env steps of
    3m: ``--rows`` ~40,000 alive primary agent-steps, ``mi_samples_M`` 1,024), in cache-sized blocks
    (the default: ``world_model.LIKELIHOOD_BLOCK_ROWS``, ``mi.FUSED_BLOCK_BYTES``) against one pass
-   over the whole batch (the path before), with the learner's torch threads; outputs checked equal.
+   over the whole batch, with the learner's torch threads; outputs checked equal. One pass is the
+   path before for the actors' logits; for the likelihoods it is today's formula in one block (the
+   formula before, over the ``[B, A, D]`` means, was slower still: 0.42 s against 0.13 s blocked).
 Timings are medians of ``--repeats`` runs, in this process, on ``--device``; the compared paths
 alternate run by run.
 """
@@ -211,7 +213,7 @@ def part2(args, device, t_b: float):
 
 def part3(args, device) -> None:
     import amal_rllib.core.mi as mi
-    from amal_rllib.core.world_model import GaussianWorldModel, action_log_likelihoods
+    from amal_rllib.core.world_model import LIKELIHOOD_BLOCK_ROWS, GaussianWorldModel, action_log_likelihoods
     from amal_rllib.mappo.module import build_mlp, set_cpu_threads
 
     set_cpu_threads()  # the learner process's rule (every usable core on a driver)
@@ -240,8 +242,6 @@ def part3(args, device) -> None:
                 return mi.batched_actor_logits(actor, batched, grouped)
         finally:
             mi.FUSED_BLOCK_BYTES = saved
-
-    from amal_rllib.core.world_model import LIKELIHOOD_BLOCK_ROWS
 
     cases = {
         "world-model likelihoods, every action": (
