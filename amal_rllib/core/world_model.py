@@ -47,8 +47,11 @@ class GaussianWorldModel(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Predicted means ``[B, A, D]`` of the next observation for every action."""
-        delta = self.heads(self.body(obs)).view(obs.shape[0], self.n_actions, self.target_dim)
-        return obs[:, None, : self.target_dim] + delta
+        return self.target(obs)[:, None, :] + self.predicted_change(obs)
+
+    def predicted_change(self, obs: torch.Tensor) -> torch.Tensor:
+        """``delta`` ``[B, A, D]``: each action's predicted change of the observation (``mu = o + delta``)."""
+        return self.heads(self.body(obs)).view(obs.shape[0], self.n_actions, self.target_dim)
 
     def clamped_log_std(self) -> torch.Tensor:
         """``log sigma`` ``[D]`` within ``[MIN_LOG_STD, MAX_LOG_STD]``."""
@@ -65,7 +68,7 @@ def gaussian_log_prob(target: torch.Tensor, means: torch.Tensor, log_std: torch.
     ``target`` ``[B, D]``, ``means`` ``[B, A, D]``, ``log_std`` ``[D]`` -> ``[B, A]`` (nats).
     """
     z = (target[:, None, :] - means) * torch.exp(-log_std)
-    return -0.5 * (z**2).sum(-1) - log_std.sum() - 0.5 * LOG_2PI * target.shape[-1]
+    return -0.5 * (z**2).sum(-1) - _log_normaliser(log_std)
 
 
 #: Rows per block in :func:`action_log_likelihoods`: the ``[rows, A, D]`` intermediates of one block
@@ -87,17 +90,20 @@ def action_log_likelihoods(
     """
     log_std = model.clamped_log_std()
     inv_std = torch.exp(-log_std)
-    const = -log_std.sum() - 0.5 * LOG_2PI * model.target_dim
     rows = obs.shape[0]
     block = max(1, rows if block_rows is None else int(block_rows))
     parts = []
     for start in range(0, max(rows, 1), block):  # one (empty) block when there are no rows
         o = obs[start : start + block]
-        delta = model.heads(model.body(o)).view(o.shape[0], model.n_actions, model.target_dim)
-        change = model.target(next_obs[start : start + block]) - o[:, : model.target_dim]
-        z = (change[:, None, :] - delta) * inv_std
-        parts.append(torch.einsum("bad,bad->ba", z, z) * -0.5 + const)
+        change = model.target(next_obs[start : start + block]) - model.target(o)
+        z = (change[:, None, :] - model.predicted_change(o)) * inv_std
+        parts.append(torch.einsum("bad,bad->ba", z, z) * -0.5 - _log_normaliser(log_std))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _log_normaliser(log_std: torch.Tensor) -> torch.Tensor:
+    """``sum(log sigma) + D/2 log(2 pi)``: the Gaussian's log normaliser over ``D`` dimensions."""
+    return log_std.sum() + 0.5 * LOG_2PI * log_std.shape[-1]
 
 
 def transition_nll(
@@ -110,10 +116,9 @@ def transition_nll(
     elementwise work.
     """
     log_std = model.clamped_log_std()
-    delta = model.heads(model.body(obs)).view(obs.shape[0], model.n_actions, model.target_dim)
-    taken = delta[torch.arange(obs.shape[0], device=obs.device), actions.long()]  # [B, D]
-    z = (model.target(next_obs) - obs[:, : model.target_dim] - taken) * torch.exp(-log_std)
-    return 0.5 * (z**2).sum(-1) + log_std.sum() + 0.5 * LOG_2PI * model.target_dim
+    taken = model.predicted_change(obs)[torch.arange(obs.shape[0], device=obs.device), actions.long()]  # [B, D]
+    z = (model.target(next_obs) - model.target(obs) - taken) * torch.exp(-log_std)
+    return 0.5 * (z**2).sum(-1) + _log_normaliser(log_std)
 
 
 def world_model_loss(
