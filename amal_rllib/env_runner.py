@@ -73,6 +73,10 @@ def vectorised_sampling(env_config) -> bool:
 
 
 class TeamEnvRunner(MultiAgentEnvRunner):
+    #: Sees every step of the fast path's module-driven samples (``VectorRollout.sample``'s ``observer``);
+    #: set by the algorithm that owns this runner (AMAL: ``amal.mi_inputs.SamplerMIInputs``).
+    step_observer = None
+
     def make_env(self) -> None:
         super().make_env()
         self._rollout = None
@@ -227,6 +231,7 @@ class TeamEnvRunner(MultiAgentEnvRunner):
                 weights_seq_no=self._weights_seq_no,
                 quota=quota,
                 policy=policy,
+                observer=self.step_observer if policy is None else None,
             )
             self._log_sampled(stats["env_steps"], len(finished), rollout)
             for episode in finished + chunks:
