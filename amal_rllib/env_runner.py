@@ -73,10 +73,6 @@ def vectorised_sampling(env_config) -> bool:
 
 
 class TeamEnvRunner(MultiAgentEnvRunner):
-    #: Sees every step of the fast path's module-driven samples (``VectorRollout.sample``'s ``observer``);
-    #: set by the algorithm that owns this runner (AMAL: ``amal.mi_inputs.SamplerMIInputs``).
-    step_observer = None
-
     def make_env(self) -> None:
         super().make_env()
         self._rollout = None
@@ -231,7 +227,6 @@ class TeamEnvRunner(MultiAgentEnvRunner):
                 weights_seq_no=self._weights_seq_no,
                 quota=quota,
                 policy=policy,
-                observer=self.step_observer if policy is None else None,
             )
             self._log_sampled(stats["env_steps"], len(finished), rollout)
             for episode in finished + chunks:

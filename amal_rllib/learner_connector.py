@@ -14,8 +14,7 @@ chunk and a time-vectorised GAE:
   ``rewards``, ``terminateds``, ``truncateds``, ``loss_mask`` and every extra
   model output, with RLlib's bootstrap convention: each chunk of ``L`` steps
   gives ``L + 1`` rows, the last one a copy of the final observation (action
-  and extra outputs repeated, reward 0, ``loss_mask`` False; a float extra output that only
-  some chunks carry is NaN on the others' rows); the last real row
+  and extra outputs repeated, reward 0, ``loss_mask`` False); the last real row
   carries the chunk's ``terminated`` and its ``truncated`` (True also for a chunk
   cut before its episode ended). ``episode_columns`` adds per-chunk constant
   columns (AMAL: which rows are auxiliary).
@@ -113,27 +112,6 @@ def _concat(parts: list):
     return np.concatenate(parts)
 
 
-def _complete(key: str, by_chunk: dict[int, np.ndarray], rows: list[int], module_id: str) -> list[np.ndarray]:
-    """One extra model output's rows for every chunk, in order; NaN rows for chunks that lack it.
-
-    Some extra outputs exist only on some episodes (AMAL's sampler-computed MI inputs are on the
-    primary episodes, not on the auxiliary ones); only float outputs can be filled that way.
-    """
-    if len(by_chunk) == len(rows):
-        return [by_chunk[i] for i in range(len(rows))]
-    some = next(iter(by_chunk.values()))
-    if isinstance(some, dict) or not np.issubdtype(some.dtype, np.floating):
-        raise ValueError(
-            f"extra model output {key!r} of module {module_id!r} is on {len(by_chunk)} of {len(rows)} episode "
-            f"chunks; only float outputs may be missing (their rows are NaN), this one is "
-            f"{'a dict' if isinstance(some, dict) else some.dtype}: give every episode the output"
-        )
-    return [
-        by_chunk[i] if i in by_chunk else np.full((n, *some.shape[1:]), np.nan, some.dtype)
-        for i, n in enumerate(rows)
-    ]
-
-
 def _to_tensor(x, device):
     if isinstance(x, dict):
         return {k: _to_tensor(v, device) for k, v in x.items()}
@@ -158,7 +136,6 @@ class TeamEpisodesToBatch(ConnectorV2):
 
     def __call__(self, *, rl_module, batch, episodes, shared_data=None, **kwargs):
         parts: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-        extras: dict[str, dict[str, dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
         for sa in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             if not sa.is_numpy:
                 sa.to_numpy()
@@ -179,17 +156,13 @@ class TeamEpisodesToBatch(ConnectorV2):
             cols[Columns.LOSS_MASK].append(flags[0])
             cols[Columns.TERMINATEDS].append(flags[1])
             cols[Columns.TRUNCATEDS].append(flags[2])
-            chunk = len(cols[Columns.LOSS_MASK]) - 1
             for key, buffer in sa.extra_model_outputs.items():
                 if key in (Columns.STATE_IN, Columns.STATE_OUT):
                     continue
-                extras[sa.module_id][key][chunk] = _bootstrapped(_episode_data(buffer, length), length)
+                cols[key].append(_bootstrapped(_episode_data(buffer, length), length))
             for key, fn in self.episode_columns.items():
                 cols[key].append(np.full(length + 1, float(fn(sa)), np.float32))
         for module_id, cols in parts.items():
-            rows = [len(mask) for mask in cols[Columns.LOSS_MASK]]
-            for key, by_chunk in extras[module_id].items():
-                cols[key] = _complete(key, by_chunk, rows, module_id)
             device = self.device if self.device is not None else _module_device(rl_module[module_id])
             batch[module_id] = {k: _to_tensor(_concat(v), device) for k, v in cols.items()}
         if shared_data is not None:

@@ -93,8 +93,6 @@ MI_ESTIMATE_MISS_MEAN = "mi_estimate_miss_mean"
 MI_CEILING_MEAN = "mi_ceiling_mean"
 MI_ESTIMATE_UNTEMPERED_MEAN = "mi_estimate_untempered_mean"
 MI_DEATH_FRACTION = "mi_death_fraction"
-#: 1.0 when the batch's MI inputs were computed by the sampler while it stepped (``amal.mi_inputs``), 0.0 by the learner.
-MI_INPUTS_WHILE_SAMPLING = "mi_inputs_while_sampling"
 MI_BONUS_MEAN = "mi_bonus_mean"
 MI_BONUS_STD = "mi_bonus_std"
 INTRINSIC_EXTRINSIC_RATIO = "intrinsic_extrinsic_ratio"
@@ -129,7 +127,6 @@ AMAL_LEARNER_METRICS = (
     MI_CEILING_MEAN,
     MI_ESTIMATE_UNTEMPERED_MEAN,
     MI_DEATH_FRACTION,
-    MI_INPUTS_WHILE_SAMPLING,
     AUX_SAMPLE_FRACTION,
     AUX_IMPORTANCE_WEIGHT_MEAN,
 )

@@ -369,7 +369,6 @@ class VectorRollout:
         weights_seq_no: int = 0,
         quota: Sequence[int] | None = None,
         policy: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
-        observer=None,
     ) -> tuple[list[MultiAgentEpisode], list[MultiAgentEpisode], dict]:
         """Steps all sub-envs ``num_steps`` times, or until each has ended its share of ``num_episodes``.
 
@@ -378,10 +377,6 @@ class VectorRollout:
         (:func:`quota_segments`). ``policy``: maps the flat observation batch (``{key: [E * N,
         ...]}``, sub-env major) to action-distribution inputs ``[E * N, A]`` in place of the
         module's forward pass (the module's action distribution class still draws the actions).
-        ``observer``: sees every step (``observe(obs, next_obs)``, packed rows ``[E, N, W]``
-        before and after it) between ``start()`` and ``finish()``, which returns per-step arrays
-        ``{key: [T, E, N, ...]}`` stored as extra model outputs (e.g. AMAL's
-        :class:`~amal_rllib.amal.mi_inputs.SamplerMIInputs`).
         Returns ``(finished, chunks, stats)``: finished episodes, running chunks (timesteps mode
         only; continued next call) and ``{"env_steps": ..., "episode_envs": [sub-env of each
         finished episode]}``.
@@ -404,45 +399,25 @@ class VectorRollout:
         obs = self._obs
         ended = np.zeros(self.env.num_envs, dtype=np.int64)
         t = 0
-        if observer is not None:
-            observer.start()
-        try:
-            while (t < num_steps) if num_steps is not None else bool((ended < quota).any()):
-                a = self._act(module, obs, explore, random_actions, extra, policy)
-                out = self.env.step_packed(a)
-                obs_steps.append(obs)
-                actions.append(a)
-                next_rows.append(out[:, :n])
-                scalars.append(out[:, n, :6])
-                if observer is not None:
-                    observer.observe(obs, out[:, :n])
-                obs = out[:, n + 1 :]
-                if num_steps is None:
-                    ended += (out[:, n, TERMINATED_COL] > 0.5) | (out[:, n, TRUNCATED_COL] > 0.5)
-                t += 1
-        except BaseException:
-            if observer is not None:
-                observer.cancel()
-            raise
+        while (t < num_steps) if num_steps is not None else bool((ended < quota).any()):
+            a = self._act(module, obs, explore, random_actions, extra, policy)
+            out = self.env.step_packed(a)
+            obs_steps.append(obs)
+            actions.append(a)
+            next_rows.append(out[:, :n])
+            scalars.append(out[:, n, :6])
+            obs = out[:, n + 1 :]
+            if num_steps is None:
+                ended += (out[:, n, TERMINATED_COL] > 0.5) | (out[:, n, TRUNCATED_COL] > 0.5)
+            t += 1
         self._obs = obs
         if t == 0:
-            if observer is not None:
-                observer.cancel()
             return [], [], {"env_steps": 0, "episode_envs": []}
         obs_arr = np.stack(obs_steps)  # [T, E, N, W]
         next_arr = np.stack(next_rows)  # [T, E, N, W]
         sc = np.stack(scalars)  # [T, E, 6]
         act = np.stack(actions)  # [T, E, N]
         emo = {k: np.stack(v) for k, v in extra.items()}
-        if observer is not None:
-            observed = observer.finish()
-            for key, value in observed.items():
-                if value.shape[:3] != act.shape or key in emo:
-                    raise ValueError(
-                        f"step observer output {key!r} has shape {value.shape} (expected [T, E, N, ...] with "
-                        f"[T, E, N] = {list(act.shape)}) or clashes with an extra model output of the sampler"
-                    )
-            emo |= observed
         emo[WEIGHTS_SEQ_NO] = np.full(act.shape, weights_seq_no, dtype=np.int64)
         done = (sc[..., TERMINATED_COL] > 0.5) | (sc[..., TRUNCATED_COL] > 0.5)
 

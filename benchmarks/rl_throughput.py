@@ -184,9 +184,6 @@ def main() -> None:
     parser.add_argument("--amal-parts", action="store_true",
                         help="also AMAL with aux_ratio 0, with lambda_info 0 and with aux_rollout_overlap "
                         "'sampling': where the extra time goes")
-    parser.add_argument("--mi-in-learner", action="store_true",
-                        help="also AMAL with mi_inputs_while_sampling=False (the MI bonus's inputs computed in "
-                        "the learner's connector, not while the local runner samples)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="--amal-only: run the variants this many times, alternating; report medians")
     args = parser.parse_args()
@@ -246,8 +243,6 @@ def compare_amal(args) -> None:
             "amal lambda=0": ("amal", {"lambda_info": 0.0}),
             "amal overlap=sampling": ("amal", {"aux_rollout_overlap": "sampling"}),
         }
-    if args.mi_in_learner:
-        variants["amal MI in learner"] = ("amal", {"mi_inputs_while_sampling": False})
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(args.repeats):  # the variants alternate, so slow phases of the machine hit them alike
         for name, (algo, knobs) in variants.items():

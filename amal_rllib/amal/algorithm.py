@@ -68,9 +68,7 @@ from ..metrics import (
     ENV_STEPS_AUX_LIFETIME,
     LEARNER_DEVICE,
 )
-from ..rollout import OBS_KEYS
 from .config import AMALConfig
-from .mi_inputs import SamplerMIInputs
 from .rollouts import (
     AuxiliaryBuffer,
     actor_layout,
@@ -212,48 +210,6 @@ class AMAL(MAPPO):
                 sigma_floor=cfg.cem_sigma_floor,
                 seed=cfg.seed,
             )
-        self.mi_inputs_on_sampler = self._attach_sampler_mi_inputs()
-
-    def _sampler_mi_inputs_blocker(self) -> str | None:
-        """Why the primary sampler cannot compute the MI bonus's inputs (None: it can; ``amal.mi_inputs``)."""
-        cfg: AMALConfig = self.config
-        if not cfg.mi_inputs_while_sampling:
-            return "mi_inputs_while_sampling is off"
-        if cfg.lambda_info <= 0:
-            return "lambda_info is 0 (no bonus)"
-        if cfg.num_env_runners > 0:
-            return "the primary env runners are remote processes (num_env_runners > 0)"
-        if not self.learner_group.is_local:
-            return "the learner is a remote process (num_learners > 0)"
-        learner = self.learner_group._learner
-        if not getattr(learner, "bulk_pipeline", False):
-            return "the learner uses RLlib's per-episode connectors"
-        runner = self.env_runner
-        if not hasattr(runner, "step_observer") or not runner.can_sample_with_policy():
-            return "the local env runner does not run the vectorised SMAX sampler"
-        if not hasattr(learner.module[SHARED_POLICY].unwrapped(), "world_model"):
-            return f"module {SHARED_POLICY!r} has no world model"
-        return None
-
-    def _attach_sampler_mi_inputs(self) -> bool:
-        """Hands the local env runner a :class:`SamplerMIInputs` on the local learner's module, where it can."""
-        cfg: AMALConfig = self.config
-        reason = self._sampler_mi_inputs_blocker()
-        if reason is not None:
-            if cfg.lambda_info > 0:
-                logger.info("AMAL: the learner computes the MI bonus's inputs (not the sampler) because %s", reason)
-            return False
-        runner = self.env_runner
-        self.env_runner.step_observer = SamplerMIInputs(
-            self.learner_group._learner.module[SHARED_POLICY].unwrapped(),
-            dict(zip(OBS_KEYS, runner.env.layout, strict=True)),
-            mi_policies_K=cfg.mi_policies_K,
-            perturbation_std=cfg.perturbation_std,
-            mi_samples_M=cfg.mi_samples_M,
-            seed=(cfg.seed or 0) + 15_485_863,
-        )
-        logger.info("AMAL: the MI bonus's inputs are computed while the local env runner samples")
-        return True
 
     def cleanup(self) -> None:
         if getattr(self, "aux_env_runner_group", None) is not None:

@@ -22,17 +22,6 @@ Defaults and why they differ from the prototype's where they do:
   (``benchmarks/mi_estimator.py``); 256 kept ~35 fresh sets per 9k-transition
   batch, and 1024 keeps ~44 per the ~45k-transition batches of issue 14's
   16k-step iterations (128-unit actor: ~27k parameters per draw).
-- ``mi_inputs_while_sampling`` True: where the env runner that samples the primary
-  batch lives in the learner's process (the default shape: one local runner, a
-  local learner, the vectorised SMAX sampler, the bulk learner pipeline), the
-  MI bonus's per-transition inputs (the world model's likelihood of every
-  action, the ``K + 1`` perturbed log-policies) are computed on a background
-  thread while the runner steps the envs, with the same modules and weights
-  the learner's connector would use (``amal.mi_inputs``); the connector then
-  only fits the temperature and finishes the estimate. Elsewhere (remote
-  runners or learners, RLlib's sampling loop) the connector computes them, and
-  the algorithm logs why. On 2 cores the sampler leaves ~0.65 of a core idle
-  while the vmapped env steps (``docs/results/rl_throughput_3m``).
 - ``world_model_train_samples`` 512: the primary transitions per gradient step
   of the world model. It steps on every minibatch of every epoch, and AMAL
   takes as many minibatches as MAPPO (``algorithm.mixed_minibatches``): ~16
@@ -126,7 +115,6 @@ AMAL_KNOBS = (
     "num_cpus_per_aux_env_runner",
     "aux_advantage_norm",
     "aux_rollout_overlap",
-    "mi_inputs_while_sampling",
 )
 #: How advantages of a mixed batch are standardised (see the module docstring).
 AUX_ADVANTAGE_NORMS = ("per_source", "joint")
@@ -149,9 +137,6 @@ class AMALConfig(MAPPOConfig):
         #: Likelihood temperature of the action posterior in I_hat: None fits it on held-out rows of every
         #: batch (calibrated); a number fixes it (1.0: Proposition 1 as written, the estimator before issue 14).
         self.mi_temperature: float | None = None
-        #: Compute the MI bonus's per-transition inputs while the primary runner samples, where it can
-        #: (module docstring); False: always in the learner's connector.
-        self.mi_inputs_while_sampling = True
         # Idea 1: world model, primary data only.
         self.world_model_hidden: tuple[int, ...] = (256, 256, 128)
         self.world_model_lr = 3e-4
@@ -248,8 +233,6 @@ class AMALConfig(MAPPOConfig):
                 f"mi_temperature={self.mi_temperature!r}: must be None (fitted per batch) or a number >= 0 "
                 "(1.0: Proposition 1 as written)"
             )
-        if not isinstance(self.mi_inputs_while_sampling, bool):
-            errors.append(f"mi_inputs_while_sampling={self.mi_inputs_while_sampling!r}: must be True or False")
         if self.count_steps_by != "env_steps":
             errors.append(
                 f"count_steps_by={self.count_steps_by!r}: AMAL counts its budget (primary, auxiliary, total) in env "

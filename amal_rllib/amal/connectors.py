@@ -38,7 +38,6 @@ from ..core.mi import (
     fit_likelihood_temperature,
     masked_log_policy,
     mi_estimate_parts,
-    mi_parts_from_log_policies,
     normalised_bonus,
     sample_parameter_noise,
 )
@@ -60,10 +59,8 @@ from ..metrics import (
     MI_ESTIMATE_STD,
     MI_ESTIMATE_UNTEMPERED_MEAN,
     MI_HIT_RATE,
-    MI_INPUTS_WHILE_SAMPLING,
     MI_TEMPERATURE,
 )
-from .mi_inputs import MI_LOG_LIK, MI_LOG_POLICIES
 
 AUX_EPISODE_PREFIX = "amal-aux-"
 AUXILIARY = "amal_auxiliary"
@@ -155,16 +152,10 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
         primary = real & alive & ~aux
         module_batch[NEXT_OBS] = next_x
         module_batch[WORLD_MODEL_MASK] = primary.float()
-        # Computed by the sampler (amal.mi_inputs) when it could; never part of the minibatches.
-        precomputed = module_batch.pop(MI_LOG_LIK, None), module_batch.pop(MI_LOG_POLICIES, None)
-        if (precomputed[0] is None) != (precomputed[1] is None):
-            raise ValueError(f"the batch has only one of the sampler's MI inputs {MI_LOG_LIK!r}, {MI_LOG_POLICIES!r}")
         stats: dict[str, float] = {AUX_SAMPLE_FRACTION: float((aux & real).sum() / real.sum().clamp_min(1))}
 
         if self.lambda_info > 0 and int(primary.sum()) >= 2:
-            stats |= self._add_bonus(
-                module, module_batch, x, next_x, action_mask, primary, alive, *precomputed
-            )
+            stats |= self._add_bonus(module, module_batch, x, next_x, action_mask, primary, alive)
 
         weights = torch.ones_like(real, dtype=torch.float32)
         aux_rows = aux & real
@@ -182,33 +173,20 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
         module_batch[SAMPLE_WEIGHT] = weights
         return stats
 
-    def _add_bonus(
-        self, module, module_batch, x, next_x, action_mask, primary, alive, log_lik_all=None, log_pis_all=None
-    ) -> dict[str, float]:
+    def _add_bonus(self, module, module_batch, x, next_x, action_mask, primary, alive) -> dict[str, float]:
         """Idea 2 on the primary rows: ``I_hat`` at a calibrated likelihood temperature, scaled into the rewards.
 
         Death transitions (alive at ``o``, dead at ``o'``: ``o'`` is the death mask whatever the
-        action) get no bonus and do not enter the temperature fit. ``log_lik_all`` ``[rows, A]`` and
-        ``log_pis_all`` ``[rows, K+1, A]``: the per-row inputs the sampler computed (``amal.mi_inputs``),
-        else None and they are computed here.
+        action) get no bonus and do not enter the temperature fit.
         """
         dying = primary & ~torch.roll(alive, shifts=-1, dims=0)
         rows = (primary & ~dying).nonzero().squeeze(1)
-        on_sampler = log_lik_all is not None
-        stats = {MI_DEATH_FRACTION: float(dying.sum() / primary.sum()), MI_INPUTS_WHILE_SAMPLING: float(on_sampler)}
+        stats = {MI_DEATH_FRACTION: float(dying.sum() / primary.sum())}
         if rows.numel() < 2:
             return stats
         actions = module_batch[Columns.ACTIONS][rows].long()
-        if on_sampler:
-            log_lik, log_pis = log_lik_all[rows], log_pis_all[rows]
-            if bool(torch.isnan(log_lik).any()) or bool(torch.isnan(log_pis).any()):
-                raise ValueError(
-                    f"the sampler's MI inputs are NaN on {int(torch.isnan(log_lik).any(dim=1).sum())} of "
-                    f"{rows.numel()} alive primary rows: the primary episodes must all come from the sampler that "
-                    "computes them (set mi_inputs_while_sampling=False to compute them in the learner)"
-                )
-        else:
-            log_lik = action_log_likelihoods(module.world_model, x[rows], next_x[rows])
+        log_lik = action_log_likelihoods(module.world_model, x[rows], next_x[rows])
+        params = {name: p.detach() for name, p in module.actor.named_parameters()}
         if self.mi_temperature is None:  # fitted on the policy the MI pass computes
 
             def temperature(log_pi: torch.Tensor) -> float:
@@ -216,20 +194,16 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
 
         else:
             temperature = self.mi_temperature
-        if on_sampler:
-            parts = mi_parts_from_log_policies(log_pis, log_lik, action_mask[rows], actions, temperature)
-        else:
-            params = {name: p.detach() for name, p in module.actor.named_parameters()}
-            noise = sample_parameter_noise(
-                params,
-                math.ceil(rows.numel() / self.mi_samples_M),
-                self.mi_policies_K,
-                self.perturbation_std,
-                generator=self._generator(x.device),
-            )
-            parts = mi_estimate_parts(
-                module.actor, params, noise, x[rows], action_mask[rows], log_lik, actions, temperature
-            )
+        noise = sample_parameter_noise(
+            params,
+            math.ceil(rows.numel() / self.mi_samples_M),
+            self.mi_policies_K,
+            self.perturbation_std,
+            generator=self._generator(x.device),
+        )
+        parts = mi_estimate_parts(
+            module.actor, params, noise, x[rows], action_mask[rows], log_lik, actions, temperature
+        )
         mi = parts.estimate
         extrinsic = module_batch[Columns.REWARDS][rows].float()
         bonus = normalised_bonus(mi, self.lambda_info, scale=float(extrinsic.std()))

@@ -208,30 +208,23 @@ def perturbed_log_policies(
     return masked_log_policy(batched_actor_logits(actor, batched, obs), action_mask[:, None])
 
 
-def per_row_log_policies(
-    actor: nn.Module, params: Params, noise: Params, obs: torch.Tensor, action_mask: torch.Tensor
-) -> torch.Tensor:
-    """``log pi_k(a | o)`` ``[B, K + 1, A]`` of every row: the unperturbed actor (``k = 0``), then ``phi + eps_k``.
-
-    Row ``b`` uses chunk ``b // ceil(B / C)``'s draws (``C`` = the noise's chunk count); ``B`` is padded
-    up to ``C`` equal chunks for :func:`perturbed_log_policies` and the padding dropped. These are the
-    MI estimate's per-row inputs besides the world model's likelihoods: :func:`mi_parts_from_log_policies`
-    finishes the estimate from them, wherever they were computed (the learner, or the sampler while it
-    steps: ``amal.mi_inputs``).
-    """
+def _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik):
+    """``log pi_k`` ``[C, K+1, M, A]`` and the centred log-likelihoods ``[C, M, A]``, ``B`` padded to ``C * M``."""
     num_chunks = next(iter(noise.values())).shape[0]
     batch = obs.shape[0]
     chunk = max(1, math.ceil(batch / num_chunks))
     pad = num_chunks * chunk - batch
     if pad < 0:
         raise ValueError(f"{num_chunks} noise chunks cannot cover {batch} transitions")
+    centred = centred_log_likelihoods(log_lik, action_mask)
     if pad:
         obs = torch.cat([obs, obs[-1:].expand(pad, -1)])
         action_mask = torch.cat([action_mask, action_mask[-1:].expand(pad, -1)])
+        centred = torch.cat([centred, centred[-1:].expand(pad, -1)])
     log_pis = perturbed_log_policies(
         actor, params, noise, obs.view(num_chunks, chunk, -1), action_mask.view(num_chunks, chunk, -1)
-    )  # [C, K+1, M, A]
-    return log_pis.permute(0, 2, 1, 3).reshape(num_chunks * chunk, log_pis.shape[1], -1)[:batch]
+    )
+    return log_pis, centred.view(num_chunks, chunk, -1)
 
 
 def tempered(centred_log_lik: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -240,10 +233,9 @@ def tempered(centred_log_lik: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.where(torch.isfinite(centred_log_lik), centred_log_lik * temperature, centred_log_lik)
 
 
-def _estimate(log_pis: torch.Tensor, centred: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``I_hat`` ``[B]`` from ``log pi_k`` ``[B, K+1, A]`` and centred log-likelihoods ``[B, A]``."""
-    log_p = mixture_log_prob(log_pis, tempered(centred, temperature)[:, None])  # [B, K+1]
-    return log_p[:, 0] - log_mean_exp(log_p[:, 1:], dim=1)
+def _estimate(log_pis: torch.Tensor, centred: torch.Tensor, temperature: float, batch: int) -> torch.Tensor:
+    log_p = mixture_log_prob(log_pis, tempered(centred, temperature)[:, None])  # [C, K+1, M]
+    return (log_p[:, 0] - log_mean_exp(log_p[:, 1:], dim=1)).reshape(-1)[:batch]
 
 
 def mi_estimate(
@@ -265,8 +257,8 @@ def mi_estimate(
     tempers the likelihood (``p(o'|o,a)^tau``, see :func:`fit_likelihood_temperature`);
     1.0 is Proposition 1 as written.
     """
-    log_pis = per_row_log_policies(actor, params, noise, obs, action_mask)
-    return _estimate(log_pis, centred_log_likelihoods(log_lik, action_mask), temperature)
+    log_pis, centred = _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik)
+    return _estimate(log_pis, centred, temperature, obs.shape[0])
 
 
 @dataclass(frozen=True)
@@ -296,29 +288,15 @@ def mi_estimate_parts(
     ``temperature`` may be a function of the unperturbed ``log pi(a | o)`` ``[B, A]`` (e.g. a fit on
     held-out rows): it gets the policy the batched pass computed anyway, so the actor runs once.
     """
-    log_pis = per_row_log_policies(actor, params, noise, obs, action_mask)
-    return mi_parts_from_log_policies(log_pis, log_lik, action_mask, actions, temperature)
-
-
-def mi_parts_from_log_policies(
-    log_pis: torch.Tensor,
-    log_lik: torch.Tensor,
-    action_mask: torch.Tensor,
-    actions: torch.Tensor,
-    temperature: float | Callable[[torch.Tensor], float],
-) -> MIParts:
-    """:class:`MIParts` from the per-row inputs: ``log pi_k`` ``[B, K+1, A]`` (:func:`per_row_log_policies`),
-    the world model's ``log p(o' | o, a)`` ``[B, A]``, the action mask ``[B, A]`` and the actions taken ``[B]``.
-
-    ``temperature`` may be a function of the unperturbed ``log pi(a | o)`` ``[B, A]`` (``log_pis[:, 0]``).
-    """
+    log_pis, centred = _chunked_log_policies(actor, params, noise, obs, action_mask, log_lik)
+    batch = obs.shape[0]
+    flat = log_pis.permute(0, 2, 1, 3).reshape(-1, log_pis.shape[1], log_pis.shape[-1])[:batch]  # [B, K+1, A]
     if callable(temperature):
-        temperature = float(temperature(log_pis[:, 0]))
-    centred = centred_log_likelihoods(log_lik, action_mask)
-    taken = log_pis.gather(2, actions.long().view(-1, 1, 1).expand(-1, log_pis.shape[1], 1)).squeeze(2)  # [B, K+1]
+        temperature = float(temperature(flat[:, 0]))
+    taken = flat.gather(2, actions.long().view(-1, 1, 1).expand(-1, flat.shape[1], 1)).squeeze(2)  # [B, K+1]
     return MIParts(
-        estimate=_estimate(log_pis, centred, temperature),
-        untempered=_estimate(log_pis, centred, 1.0),
+        estimate=_estimate(log_pis, centred, temperature, batch),
+        untempered=_estimate(log_pis, centred, 1.0, batch),
         ceiling=taken[:, 0] - log_mean_exp(taken[:, 1:], dim=1),
         temperature=float(temperature),
     )
