@@ -15,7 +15,9 @@ training iterations (sampling + learning):
   same shape, then the default shape (one local runner x ``--envs`` envs,
   ``--train-batch`` steps, MAPPO's default epochs and minibatches).
 
-``--amal`` adds AMAL vs MAPPO iteration time on the default shape. Goals (issue
+``--amal`` adds AMAL vs MAPPO iteration time on the default shape (``--amal-only``: only that, runs
+alternating ``--repeats`` times; ``--interleaved PAIRS``: both algorithms in one process, single
+iterations alternating, the steadiest ratio). Goals (issue
 14): >= 4,000 MAPPO env steps/s on SMAX 3m with 2 CPU cores; AMAL <= 1.3x MAPPO.
 """
 
@@ -94,6 +96,21 @@ def adapter(scenario: str, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
+def build_trainer(
+    scenario: str, runners: int, envs_per_runner: int, batch: int, algo: str = "mappo",
+    num_minibatches: int | None = None, vectorize: bool = True, fast: bool = True, **amal_knobs,
+):
+    from amal_rllib.presets import amal_config, mappo_config
+
+    common = dict(
+        num_env_runners=runners, num_envs_per_env_runner=envs_per_runner, train_batch_size=batch,
+        num_minibatches=num_minibatches, evaluation_interval=None, env_kwargs={"vectorize": vectorize, "fast_sampling": fast},
+    )
+    config = amal_config(scenario, **common, **amal_knobs) if algo == "amal" else mappo_config(scenario, **common)
+    config.training(bulk_learner_connector=fast)
+    return config.build_algo()
+
+
 def mappo_iterations(
     scenario: str, runners: int, iterations: int, envs_per_runner: int, batch: int, vectorize: bool = True,
     algo: str = "mappo", warmup: int = 1, fast: bool = True, num_minibatches: int | None = None, **amal_knobs,
@@ -109,16 +126,11 @@ def mappo_iterations(
         summarize_amal_result,
         summarize_result,
     )
-    from amal_rllib.presets import amal_config, mappo_config
 
-    common = dict(
-        num_env_runners=runners, num_envs_per_env_runner=envs_per_runner, train_batch_size=batch,
-        num_minibatches=num_minibatches, evaluation_interval=None, env_kwargs={"vectorize": vectorize, "fast_sampling": fast},
-    )
-    config = amal_config(scenario, **common, **amal_knobs) if algo == "amal" else mappo_config(scenario, **common)
-    config.training(bulk_learner_connector=fast)
     summarize = summarize_amal_result if algo == "amal" else summarize_result
-    trainer = config.build_algo()
+    trainer = build_trainer(
+        scenario, runners, envs_per_runner, batch, algo, num_minibatches, vectorize=vectorize, fast=fast, **amal_knobs
+    )
     learn_times: list[float] = []
     update = trainer.learner_group.update
 
@@ -184,12 +196,17 @@ def main() -> None:
     parser.add_argument("--amal-parts", action="store_true",
                         help="also AMAL with aux_ratio 0, with lambda_info 0 and with aux_rollout_overlap "
                         "'sampling': where the extra time goes")
+    parser.add_argument("--interleaved", type=int, default=0, metavar="PAIRS",
+                        help="AMAL vs MAPPO built side by side in one process, PAIRS pairs of single iterations "
+                        "alternating (the steadiest ratio on a machine whose speed drifts); skips everything else")
     parser.add_argument("--repeats", type=int, default=1,
                         help="--amal-only: run the variants this many times, alternating; report medians")
     args = parser.parse_args()
 
     import ray
 
+    if args.interleaved:
+        return interleaved_amal(args)
     if args.amal_only:
         return compare_amal(args)
     single, vmapped = raw_smax(args.scenario, args.steps, args.batch)
@@ -225,6 +242,67 @@ def main() -> None:
     print("goal: >= 4,000 env steps/s per MAPPO iteration on SMAX 3m with 2 CPU cores")
     if args.amal:
         compare_amal(args)
+
+
+def _settle_auxiliary(trainer) -> float:
+    """Waits (without collecting them) until the auxiliary runners' in-flight requests are done; seconds waited."""
+    import ray
+
+    group = getattr(trainer, "aux_env_runner_group", None)
+    refs = list(group._worker_manager._in_flight_req_to_actor_id) if group is not None else []
+    start = time.perf_counter()
+    if refs:
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    return time.perf_counter() - start
+
+
+def interleaved_amal(args) -> None:
+    """AMAL and MAPPO built side by side in one process; single training iterations alternate.
+
+    The machine's speed drifts by up to ~1.6x within an hour (``docs/results/rl_throughput_3m``), so runs of a
+    minute each, even alternating, put the two algorithms in different phases of it. Here each pair of
+    iterations (order alternating per pair) runs within ~10 s. Before each MAPPO iteration the benchmark waits,
+    untimed, for AMAL's auxiliary runner to finish what AMAL sent it, so MAPPO never shares the cores with
+    AMAL's work; AMAL's own iterations bear any spill-over of their auxiliary play (the untimed waits are
+    reported: ~0 s means there was none).
+    """
+    import ray
+
+    runners = max(args.runners)
+    ray.init(num_cpus=max(2, runners + 1), include_dashboard=False, log_to_driver=False)
+    trainers = {
+        name: build_trainer(args.scenario, runners, args.envs_per_runner, args.train_batch, name, args.num_minibatches)
+        for name in ("mappo", "amal")
+    }
+    try:
+        for _ in range(3):  # JIT compilation, first episodes, a filled auxiliary buffer
+            for trainer in trainers.values():
+                trainer.train()
+        times: dict[str, list[float]] = {name: [] for name in trainers}
+        waited = []
+        for pair in range(args.interleaved):
+            for name in ("mappo", "amal") if pair % 2 == 0 else ("amal", "mappo"):
+                if name == "mappo":
+                    waited.append(_settle_auxiliary(trainers["amal"]))
+                start = time.perf_counter()
+                trainers[name].train()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        for trainer in trainers.values():
+            trainer.stop()
+        ray.shutdown()
+    ratios = [a / m for m, a in zip(times["mappo"], times["amal"], strict=True)]
+    m, a = float(np.median(times["mappo"])), float(np.median(times["amal"]))
+    print(f"AMAL vs MAPPO on SMAX {args.scenario}, interleaved in one process: {runners} primary runners x "
+          f"{args.envs_per_runner} envs, batch {args.train_batch}, {args.interleaved} pairs of single iterations")
+    print(f"MAPPO iteration: median {m:.2f} s ({args.train_batch / m:.0f} env steps/s), range "
+          f"{min(times['mappo']):.2f}-{max(times['mappo']):.2f} s")
+    print(f"AMAL iteration:  median {a:.2f} s, range {min(times['amal']):.2f}-{max(times['amal']):.2f} s")
+    print("AMAL / MAPPO per pair: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    print(f"untimed waits for AMAL's auxiliary runner before MAPPO's iterations: total {sum(waited):.2f} s, "
+          f"max {max(waited):.2f} s")
+    print(f"AMAL / MAPPO iteration time: median of pairs {float(np.median(ratios)):.2f}x, ratio of medians "
+          f"{a / m:.2f}x (goal <= 1.3x)")
 
 
 def compare_amal(args) -> None:
