@@ -268,6 +268,8 @@ def interleaved_amal(args) -> None:
     """
     import ray
 
+    from amal_rllib.metrics import ENV_STEPS_SAMPLED, summarize_result
+
     runners = max(args.runners)
     ray.init(num_cpus=max(2, runners + 1), include_dashboard=False, log_to_driver=False)
     trainers = {
@@ -279,14 +281,16 @@ def interleaved_amal(args) -> None:
             for trainer in trainers.values():
                 trainer.train()
         times: dict[str, list[float]] = {name: [] for name in trainers}
-        waited = []
+        waited, mappo_steps = [], 0.0
         for pair in range(args.interleaved):
             for name in ("mappo", "amal") if pair % 2 == 0 else ("amal", "mappo"):
                 if name == "mappo":
                     waited.append(_settle_auxiliary(trainers["amal"]))
                 start = time.perf_counter()
-                trainers[name].train()
+                result = trainers[name].train()
                 times[name].append(time.perf_counter() - start)
+                if name == "mappo":
+                    mappo_steps += summarize_result(result)[ENV_STEPS_SAMPLED]
     finally:
         for trainer in trainers.values():
             trainer.stop()
@@ -295,7 +299,7 @@ def interleaved_amal(args) -> None:
     m, a = float(np.median(times["mappo"])), float(np.median(times["amal"]))
     print(f"AMAL vs MAPPO on SMAX {args.scenario}, interleaved in one process: {runners} primary runners x "
           f"{args.envs_per_runner} envs, batch {args.train_batch}, {args.interleaved} pairs of single iterations")
-    print(f"MAPPO iteration: median {m:.2f} s ({args.train_batch / m:.0f} env steps/s), range "
+    print(f"MAPPO iteration: median {m:.2f} s ({mappo_steps / sum(times['mappo']):.0f} env steps/s overall), range "
           f"{min(times['mappo']):.2f}-{max(times['mappo']):.2f} s")
     print(f"AMAL iteration:  median {a:.2f} s, range {min(times['amal']):.2f}-{max(times['amal']):.2f} s")
     print("AMAL / MAPPO per pair: " + ", ".join(f"{r:.2f}x" for r in ratios))
