@@ -9,7 +9,7 @@ training iterations (sampling + learning):
 
 - "RLlib loop": the path before issue 14, RLlib's per-step env-runner loop and
   its per-episode learner connectors (``fast_sampling=False``,
-  ``bulk_learner_connector=False``), 2 remote runners x 16 envs, 4,000-step
+  ``bulk_learner_connector=False``, ``gc_freeze=False``), 2 remote runners x 16 envs, 4,000-step
   batches (what issue 14 measured at ~1,150 steps/s);
 - "vectorised": ``amal_rllib.rollout`` + ``amal_rllib.learner_connector``, the
   same shape, then the default shape (one local runner x ``--envs`` envs,
@@ -17,7 +17,8 @@ training iterations (sampling + learning):
 
 ``--amal`` adds AMAL vs MAPPO iteration time on the default shape (``--amal-only``: only that, runs
 alternating ``--repeats`` times; ``--interleaved PAIRS``: both algorithms in one process, single
-iterations alternating, the steadiest ratio). Goals (issue
+iterations alternating, the steadiest ratio). ``--gc-freeze PAIRS``: MAPPO with its long-lived objects
+frozen out of the cyclic collector (``config.gc_freeze``, the default) vs not, in one process. Goals (issue
 14): >= 4,000 MAPPO env steps/s on SMAX 3m with 2 CPU cores; AMAL <= 1.3x MAPPO.
 """
 
@@ -98,7 +99,8 @@ def adapter(scenario: str, steps: int) -> float:
 
 def build_trainer(
     scenario: str, runners: int, envs_per_runner: int, batch: int, algo: str = "mappo",
-    num_minibatches: int | None = None, vectorize: bool = True, fast: bool = True, **amal_knobs,
+    num_minibatches: int | None = None, vectorize: bool = True, fast: bool = True, gc_freeze: bool = True,
+    **amal_knobs,
 ):
     from amal_rllib.presets import amal_config, mappo_config
 
@@ -107,7 +109,7 @@ def build_trainer(
         num_minibatches=num_minibatches, evaluation_interval=None, env_kwargs={"vectorize": vectorize, "fast_sampling": fast},
     )
     config = amal_config(scenario, **common, **amal_knobs) if algo == "amal" else mappo_config(scenario, **common)
-    config.training(bulk_learner_connector=fast)
+    config.training(bulk_learner_connector=fast, gc_freeze=gc_freeze)
     return config.build_algo()
 
 
@@ -129,7 +131,8 @@ def mappo_iterations(
 
     summarize = summarize_amal_result if algo == "amal" else summarize_result
     trainer = build_trainer(
-        scenario, runners, envs_per_runner, batch, algo, num_minibatches, vectorize=vectorize, fast=fast, **amal_knobs
+        scenario, runners, envs_per_runner, batch, algo, num_minibatches, vectorize=vectorize, fast=fast,
+        gc_freeze=fast, **amal_knobs,
     )
     learn_times: list[float] = []
     update = trainer.learner_group.update
@@ -201,12 +204,17 @@ def main() -> None:
                         "alternating (the steadiest ratio on a machine whose speed drifts); skips everything else")
     parser.add_argument("--repeats", type=int, default=1,
                         help="--amal-only: run the variants this many times, alternating; report medians")
+    parser.add_argument("--gc-freeze", type=int, default=0, metavar="PAIRS",
+                        help="MAPPO with its long-lived objects frozen (config gc_freeze) vs not, in one process: "
+                        "PAIRS pairs of --iterations-iteration blocks alternating; skips everything else")
     args = parser.parse_args()
 
     import ray
 
     if args.interleaved:
         return interleaved_amal(args)
+    if args.gc_freeze:
+        return compare_gc_freeze(args)
     if args.amal_only:
         return compare_amal(args)
     single, vmapped = raw_smax(args.scenario, args.steps, args.batch)
@@ -307,6 +315,67 @@ def interleaved_amal(args) -> None:
           f"max {max(waited):.2f} s")
     print(f"AMAL / MAPPO iteration time: median of pairs {float(np.median(ratios)):.2f}x, ratio of medians "
           f"{a / m:.2f}x (goal <= 1.3x)")
+
+
+def compare_gc_freeze(args) -> None:
+    """MAPPO's iterations with the process's long-lived objects frozen (``amal_rllib.gc_freeze``, what
+    ``config.gc_freeze`` does after the first iteration) and not, alternating blocks in one process; the
+    seconds CPython's collector ran are timed with ``gc.callbacks``. Means, not medians: a full collection
+    lands in one iteration of two or three, and its cost is spread over all of them."""
+    import gc
+
+    import ray
+
+    from amal_rllib.gc_freeze import freeze_long_lived, unfreeze
+
+    runners = max(args.runners)
+    ray.init(num_cpus=max(2, runners + 1), include_dashboard=False, log_to_driver=False)
+    trainer = build_trainer(args.scenario, runners, args.envs_per_runner, args.train_batch, "mappo",
+                            args.num_minibatches, gc_freeze=False)
+    clock = {"gc_s": 0.0, "start": 0.0, "full": 0}
+
+    def on_gc(phase, info):
+        if phase == "start":
+            clock["start"] = time.perf_counter()
+        else:
+            clock["gc_s"] += time.perf_counter() - clock["start"]
+            clock["full"] += info["generation"] == 2
+
+    gc.callbacks.append(on_gc)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    gc_s: dict[bool, float] = {True: 0.0, False: 0.0}
+    full: dict[bool, int] = {True: 0, False: 0}
+    frozen = 0
+    try:
+        for _ in range(2):  # JIT compilation, first episodes
+            trainer.train()
+        for pair in range(args.gc_freeze):
+            for freeze in (True, False) if pair % 2 == 0 else (False, True):
+                if freeze:
+                    frozen = freeze_long_lived()
+                else:
+                    unfreeze()
+                clock["gc_s"], clock["full"] = 0.0, 0
+                for _ in range(args.iterations):
+                    start = time.perf_counter()
+                    trainer.train()
+                    times[freeze].append(time.perf_counter() - start)
+                gc_s[freeze] += clock["gc_s"]
+                full[freeze] += clock["full"]
+    finally:
+        gc.callbacks.remove(on_gc)
+        unfreeze()
+        trainer.stop()
+        ray.shutdown()
+    print(f"MAPPO on SMAX {args.scenario}, {runners} remote runners x {args.envs_per_runner} envs, batch "
+          f"{args.train_batch}: {args.gc_freeze} pairs of {args.iterations}-iteration blocks, frozen "
+          f"({frozen:,} objects) and not, alternating in one process")
+    for freeze in (False, True):
+        n = len(times[freeze])
+        print(f"{'frozen' if freeze else 'not frozen':<11} iteration mean {np.mean(times[freeze]):.3f} s (median "
+              f"{np.median(times[freeze]):.3f} s, n={n}); collector {gc_s[freeze] / n:.3f} s and "
+              f"{full[freeze] / n:.2f} full collections per iteration")
+    print(f"not frozen / frozen, mean iteration time: {np.mean(times[False]) / np.mean(times[True]):.3f}x")
 
 
 def compare_amal(args) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ from ray.rllib.algorithms.ppo import PPO
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from ..envs.registry import register_envs
+from ..gc_freeze import freeze_in_worker, freeze_long_lived, unfreeze
 from ..metrics import (
     BATTLE_WON,
     ENV_STEPS_PRIMARY_LIFETIME,
@@ -23,6 +25,8 @@ from .module import set_cpu_threads
 #: Checkpoint component holding the greedy evaluations so far (their mean is a study metric).
 GREEDY_STATE_KEY = "greedy_evaluations"
 
+logger = logging.getLogger(__name__)
+
 
 class MAPPO(PPO):
     @classmethod
@@ -36,7 +40,27 @@ class MAPPO(PPO):
         register_envs()
         self._greedy_win_rates: list[float] = []
         self._evaluated_this_step = False
+        self._gc_frozen = False
         super().setup(config)
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        if self._gc_frozen:
+            unfreeze()
+            self._gc_frozen = False
+
+    def _freeze_long_lived_objects(self) -> None:
+        """``config.gc_freeze``: after the first iteration (modules built, the env compiled, RLlib's
+        internals created), freeze this process's live objects and those of the remote env runners and
+        learners (``amal_rllib.gc_freeze``). Evaluation and AMAL's auxiliary runners are left alone: they
+        are off the iteration's critical path."""
+        self._gc_frozen = True
+        frozen = freeze_long_lived()
+        if self.env_runner_group is not None and self.env_runner_group.num_remote_env_runners() > 0:
+            self.env_runner_group.foreach_env_runner(freeze_in_worker, local_env_runner=False)
+        if self.learner_group is not None and self.learner_group.is_remote:
+            self.learner_group.foreach_learner(freeze_in_worker)
+        logger.debug("gc_freeze: %d objects of the algorithm's process frozen after the first iteration", frozen)
 
     def training_step(self) -> None:
         super().training_step()
@@ -63,6 +87,8 @@ class MAPPO(PPO):
         """
         self._evaluated_this_step = False
         result = super().step()
+        if self.config.gc_freeze and not self._gc_frozen:
+            self._freeze_long_lived_objects()
         if self._evaluated_this_step:
             won = result.get(EVALUATION_RESULTS, {}).get(ENV_RUNNER_RESULTS, {}).get(BATTLE_WON)
             if won is not None and np.isfinite(won):
