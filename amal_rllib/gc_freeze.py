@@ -3,10 +3,10 @@
 After the first training iteration a process holds ~750,000 objects that stay for the whole run (torch,
 JAX's compiled env, Ray's and RLlib's internals, the modules). Every iteration builds ~10,000 agent
 episodes; the allocations trigger CPython's full collections (generation 2), each of which walked all
-of those objects: ~0.3 s per full collection, one every ~2 MAPPO iterations on SMAX 3m (~0.13 s, 5-7%
-of an iteration; measured with ``gc.callbacks`` in ``docs/results/rl_throughput_3m/README.md``).
-``gc.freeze()`` moves the objects alive at that point into the permanent generation, which the
-collector skips: the full collections then take ~0.03 s.
+of those objects: ~0.3 s per full collection, one every ~2 MAPPO iterations on SMAX 3m, ~0.19 s of
+collector time per iteration. ``gc.freeze()`` moves the objects alive at that point into the permanent
+generation, which the collector skips: ~0.03 s per iteration, MAPPO's mean iteration 6-7% shorter
+(``benchmarks/rl_throughput.py --gc-freeze``, ``docs/results/rl_throughput_3m/README.md``).
 
 Frozen objects are still freed by reference counting; only cyclic garbage among them waits until
 :func:`unfreeze` (called when the algorithm stops), so a process never loses memory for good.

@@ -44,10 +44,12 @@ class MAPPO(PPO):
         super().setup(config)
 
     def cleanup(self) -> None:
-        super().cleanup()
-        if self._gc_frozen:
-            unfreeze()
-            self._gc_frozen = False
+        try:
+            super().cleanup()
+        finally:
+            if self._gc_frozen:
+                unfreeze()
+                self._gc_frozen = False
 
     def _freeze_long_lived_objects(self) -> None:
         """``config.gc_freeze``: after the first iteration (modules built, the env compiled, RLlib's
