@@ -20,8 +20,9 @@ import logging
 logger = logging.getLogger(__name__)
 
 
-def freeze_long_lived() -> int:
-    """Collect the garbage there is, then freeze every object still alive; returns how many are frozen."""
+def freeze_long_lived(*_args, **_kwargs) -> int:
+    """Collect the garbage there is, then freeze every object still alive; returns how many are frozen
+    (any arguments ignored: usable as a ``foreach_env_runner`` / ``foreach_learner`` function)."""
     gc.collect()
     gc.freeze()
     count = gc.get_freeze_count()
@@ -37,8 +38,3 @@ def unfreeze() -> None:
 def frozen_count(*_args, **_kwargs) -> int:
     """Objects in this process's permanent generation (any arguments ignored: usable with ``foreach_*``)."""
     return gc.get_freeze_count()
-
-
-def freeze_in_worker(*_args, **_kwargs) -> int:
-    """:func:`freeze_long_lived` as a ``foreach_env_runner`` / ``foreach_learner`` function."""
-    return freeze_long_lived()

@@ -10,7 +10,7 @@ from ray.rllib.algorithms.ppo import PPO
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from ..envs.registry import register_envs
-from ..gc_freeze import freeze_in_worker, freeze_long_lived, unfreeze
+from ..gc_freeze import freeze_long_lived, unfreeze
 from ..metrics import (
     BATTLE_WON,
     ENV_STEPS_PRIMARY_LIFETIME,
@@ -59,9 +59,9 @@ class MAPPO(PPO):
         self._gc_frozen = True
         frozen = freeze_long_lived()
         if self.env_runner_group is not None and self.env_runner_group.num_remote_env_runners() > 0:
-            self.env_runner_group.foreach_env_runner(freeze_in_worker, local_env_runner=False)
+            self.env_runner_group.foreach_env_runner(freeze_long_lived, local_env_runner=False)
         if self.learner_group is not None and self.learner_group.is_remote:
-            self.learner_group.foreach_learner(freeze_in_worker)
+            self.learner_group.foreach_learner(freeze_long_lived)
         logger.debug("gc_freeze: %d objects of the algorithm's process frozen after the first iteration", frozen)
 
     def training_step(self) -> None:
