@@ -137,6 +137,20 @@ def test_world_model_loss_of_an_empty_selection_is_zero_with_a_graph():
 # --------------------------------------------------------------------------- MI estimator
 
 
+def test_parameter_noise_is_iid_normal_with_the_requested_std_per_chunk_and_policy():
+    _, params = actor_and_params()
+    noise = sample_parameter_noise(params, 6, 7, 0.3, generator=torch.Generator().manual_seed(11))
+    again = sample_parameter_noise(params, 6, 7, 0.3, generator=torch.Generator().manual_seed(11))
+    for name, p in params.items():
+        assert noise[name].shape == (6, 7, *p.shape) and noise[name].dtype == p.dtype
+        assert torch.equal(noise[name], again[name])  # the generator alone fixes the draws
+    flat = torch.cat([e.reshape(-1) for e in noise.values()])
+    assert flat.numel() > 20_000
+    assert abs(float(flat.mean())) < 0.01 and abs(float(flat.std()) / 0.3 - 1.0) < 0.02
+    first = next(iter(noise.values()))
+    assert not torch.equal(first[0, 0], first[1, 0]) and not torch.equal(first[0, 0], first[0, 1])
+
+
 def test_mi_is_exactly_zero_when_every_perturbed_policy_equals_pi():
     actor, params = actor_and_params()
     obs, mask, log_lik = random_batch()
