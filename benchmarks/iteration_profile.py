@@ -27,31 +27,33 @@ from pathlib import Path
 
 import torch
 
-#: label -> (file name suffix, function name); seconds are cumulative (callees included), so indented
-#: parts are contained in the part above them.
-PARTS: list[tuple[str, str, str]] = [
-    ("iteration", "algorithm.py", "_run_one_training_iteration"),
-    ("  sample the primary batch", "rollout_ops.py", "synchronous_parallel_sample"),
-    ("  env runner metrics", "multi_agent_env_runner.py", "get_metrics"),
-    ("  learner connector (episodes -> batch, GAE)", "learner_connector_pipeline.py", "__call__"),
-    ("    AMAL: MI bonus, importance weights", "connectors.py", "process_module_batch"),
-    ("  minibatches (shuffle, slice)", "minibatch_utils.py", "__iter__"),
-    ("  forward + losses", "learner.py", "compute_losses"),
-    ("    AMAL: world-model loss", "world_model.py", "world_model_loss"),
-    ("  backward", "torch_learner.py", "compute_gradients"),
-    ("  optimizer steps", "torch_learner.py", "apply_gradients"),
-    ("  AMAL: launch auxiliary rollouts", "algorithm.py", "_launch_aux_rollouts"),
-    ("  AMAL: collect + score auxiliary episodes", "algorithm.py", "_collect_aux_rollouts"),
-    ("  AMAL: draw auxiliary episodes", "algorithm.py", "_draw_auxiliary"),
+#: label -> the functions it sums, (file name suffix, function name); seconds are cumulative (callees
+#: included), so an indented part is contained in the part above it.
+PARTS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
+    ("iteration", (("algorithm.py", "_run_one_training_iteration"),)),
+    ("  sample the primary batch", (("rollout_ops.py", "synchronous_parallel_sample"),)),
+    ("  env runner metrics", (("multi_agent_env_runner.py", "get_metrics"),)),
+    ("  learner connector (episodes -> batch, GAE)", (("learner_connector_pipeline.py", "__call__"),)),
+    ("    AMAL: MI bonus, importance weights", (("connectors.py", "process_module_batch"),)),
+    ("  minibatches (shuffle, slice)", (("minibatch_utils.py", "__iter__"),)),
+    ("  actor forward (forward_train)", (("torch_rl_module.py", "forward_train"),)),
+    ("  losses (with the critic's forward)", (("core/learner/learner.py", "compute_losses"),)),
+    ("    AMAL: world-model loss", (("world_model.py", "world_model_loss"),)),
+    ("  backward", (("torch_learner.py", "compute_gradients"),)),
+    ("  gradient clipping + optimizer steps", (("core/learner/learner.py", "postprocess_gradients"),
+                                               ("torch_learner.py", "apply_gradients"))),
+    ("  AMAL: launch auxiliary rollouts", (("algorithm.py", "_launch_aux_rollouts"),)),
+    ("  AMAL: collect + score auxiliary episodes", (("algorithm.py", "_collect_aux_rollouts"),)),
+    ("  AMAL: draw auxiliary episodes", (("algorithm.py", "_draw_auxiliary"),)),
 ]
 
 
 def part_seconds(stats: pstats.Stats, iterations: int) -> dict[str, float]:
-    """Seconds per iteration of each of ``PARTS`` (0.0 where the function never ran)."""
-    out = {label: 0.0 for label, _, _ in PARTS}
+    """Seconds per iteration of each of ``PARTS`` (0.0 where none of its functions ran)."""
+    out = {label: 0.0 for label, _ in PARTS}
     for (filename, _line, func), (_cc, _nc, _tt, cumulative, _callers) in stats.stats.items():
-        for label, suffix, name in PARTS:
-            if func == name and filename.endswith(suffix):
+        for label, functions in PARTS:
+            if any(func == name and filename.endswith(suffix) for suffix, name in functions):
                 out[label] += cumulative / iterations
     return out
 
@@ -116,7 +118,7 @@ def bonus_pieces(capture: _Capture, repeats: int) -> list[tuple[str, float, str]
     """(piece, median ms, note) for the MI bonus on the captured batch (see the module docstring)."""
     from ray.rllib.core.columns import Columns
 
-    from amal_rllib.amal.connectors import cross_fitted_temperature
+    from amal_rllib.amal.connectors import AUXILIARY, cross_fitted_temperature
     from amal_rllib.core import mi
     from amal_rllib.core.world_model import LIKELIHOOD_BLOCK_ROWS, action_log_likelihoods
     from amal_rllib.envs.spec import ACTION_MASK_KEY, ALIVE_KEY, OBS_KEY
@@ -126,7 +128,7 @@ def bonus_pieces(capture: _Capture, repeats: int) -> list[tuple[str, float, str]
     x, mask = obs[OBS_KEY], obs[ACTION_MASK_KEY]
     alive = obs[ALIVE_KEY].reshape(-1) > 0.5
     real = batch[Columns.LOSS_MASK].reshape(-1).bool()
-    aux = batch["amal_auxiliary"].reshape(-1) > 0.5 if "amal_auxiliary" in batch else torch.zeros_like(real)
+    aux = batch[AUXILIARY].reshape(-1) > 0.5 if AUXILIARY in batch else torch.zeros_like(real)
     next_x = torch.roll(x, shifts=-1, dims=0)
     primary = real & alive & ~aux
     rows = (primary & torch.roll(alive, shifts=-1, dims=0)).nonzero().squeeze(1)
@@ -145,7 +147,7 @@ def bonus_pieces(capture: _Capture, repeats: int) -> list[tuple[str, float, str]
         ("whole bonus connector (as trained, batch copy incl.)", median_ms(
             lambda: conn.process_module_batch(module, {k: (dict(v) if isinstance(v, dict) else v.clone())
                                                        for k, v in batch.items()}), repeats),
-         f"{int(real.sum())} real rows, {n} scored"),
+         f"{int(real.sum())} real rows ({int((aux & real).sum())} auxiliary), {n} scored"),
         ("select the scored rows", median_ms(lambda: (x[rows], next_x[rows], mask[rows]), repeats), ""),
         ("world model: likelihood of every action", median_ms(
             lambda: action_log_likelihoods(module.world_model, xr, nxr), repeats), ""),
@@ -219,7 +221,7 @@ def main() -> None:
     print(f"wall time per iteration: MAPPO {statistics.mean(mappo_times):.3f} s, AMAL "
           f"{statistics.mean(amal_times):.3f} s, AMAL / MAPPO {statistics.mean(amal_times) / statistics.mean(mappo_times):.2f}x")
     print(f"{'part':<50}{'MAPPO':>8}{'AMAL':>8}{'AMAL-MAPPO':>12}")
-    for label, _, _ in PARTS:
+    for label, _ in PARTS:
         print(f"{label:<50}{mappo[label]:>8.3f}{amal[label]:>8.3f}{amal[label] - mappo[label]:>+12.3f}")
     print(f"\nthe MI bonus on one real AMAL batch (torch threads {torch.get_num_threads()}; median of {args.repeats}):")
     for piece, ms, note in bonus_pieces(capture, args.repeats):

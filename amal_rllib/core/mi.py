@@ -63,11 +63,10 @@ def sample_parameter_noise(
     params: Params, num_chunks: int, num_policies: int, std: float, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
     """``eps`` ``{name: [C, K, *shape]}`` ~ ``N(0, std^2)``, one set of ``K`` draws per chunk."""
-    # ``normal_(0, std)`` draws the same values as ``randn(...).mul_(std)`` in one pass over the memory.
     return {
-        name: torch.empty((num_chunks, num_policies, *p.shape), device=p.device, dtype=p.dtype).normal_(
-            0.0, std, generator=generator
-        )
+        name: torch.randn(
+            (num_chunks, num_policies, *p.shape), generator=generator, device=p.device, dtype=p.dtype
+        ).mul_(std)
         for name, p in params.items()
     }
 
@@ -203,12 +202,9 @@ def perturbed_log_policies(
     inside the same batched call (zero noise), so it is computed by exactly the
     same kernels as the perturbed ones (:func:`batched_actor_logits`).
     """
-    batched = {}
-    for name, eps in noise.items():  # [C, K + 1, *shape]: set 0 is phi itself, set k is phi + eps_k (one pass)
-        sets = eps.new_empty((eps.shape[0], eps.shape[1] + 1, *eps.shape[2:]))
-        sets[:, 0] = params[name]
-        torch.add(eps, params[name], out=sets[:, 1:])
-        batched[name] = sets
+    batched = {
+        name: params[name] + torch.cat([torch.zeros_like(eps[:, :1]), eps], dim=1) for name, eps in noise.items()
+    }
     return masked_log_policy(batched_actor_logits(actor, batched, obs), action_mask[:, None])
 
 
