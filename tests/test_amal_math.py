@@ -137,7 +137,7 @@ def test_world_model_loss_of_an_empty_selection_is_zero_with_a_graph():
 # --------------------------------------------------------------------------- MI estimator
 
 
-def test_parameter_noise_is_iid_normal_with_the_requested_std_per_chunk_and_policy():
+def test_parameter_noise_has_the_requested_std_and_fresh_uncorrelated_draws_per_chunk_and_policy():
     _, params = actor_and_params()
     noise = sample_parameter_noise(params, 6, 7, 0.3, generator=torch.Generator().manual_seed(11))
     again = sample_parameter_noise(params, 6, 7, 0.3, generator=torch.Generator().manual_seed(11))
@@ -147,8 +147,9 @@ def test_parameter_noise_is_iid_normal_with_the_requested_std_per_chunk_and_poli
     flat = torch.cat([e.reshape(-1) for e in noise.values()])
     assert flat.numel() > 20_000
     assert abs(float(flat.mean())) < 0.01 and abs(float(flat.std()) / 0.3 - 1.0) < 0.02
-    first = next(iter(noise.values()))
-    assert not torch.equal(first[0, 0], first[1, 0]) and not torch.equal(first[0, 0], first[0, 1])
+    big = max(noise.values(), key=lambda e: e[0, 0].numel())  # fresh draws per chunk and per policy
+    for other in (big[1, 0], big[0, 1]):
+        assert abs(float(torch.corrcoef(torch.stack([big[0, 0].reshape(-1), other.reshape(-1)]))[0, 1])) < 0.1
 
 
 def test_mi_is_exactly_zero_when_every_perturbed_policy_equals_pi():
