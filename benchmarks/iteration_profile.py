@@ -118,20 +118,15 @@ def bonus_pieces(capture: _Capture, repeats: int) -> list[tuple[str, float, str]
     """(piece, median ms, note) for the MI bonus on the captured batch (see the module docstring)."""
     from ray.rllib.core.columns import Columns
 
-    from amal_rllib.amal.connectors import AUXILIARY, cross_fitted_temperature
+    from amal_rllib.amal.connectors import batch_rows, cross_fitted_temperature
     from amal_rllib.core import mi
     from amal_rllib.core.world_model import LIKELIHOOD_BLOCK_ROWS, action_log_likelihoods
-    from amal_rllib.envs.spec import ACTION_MASK_KEY, ALIVE_KEY, OBS_KEY
 
     conn, module, batch = capture.connector, capture.module, capture.batch
-    obs = batch[Columns.OBS]
-    x, mask = obs[OBS_KEY], obs[ACTION_MASK_KEY]
-    alive = obs[ALIVE_KEY].reshape(-1) > 0.5
-    real = batch[Columns.LOSS_MASK].reshape(-1).bool()
-    aux = batch[AUXILIARY].reshape(-1) > 0.5 if AUXILIARY in batch else torch.zeros_like(real)
-    next_x = torch.roll(x, shifts=-1, dims=0)
-    primary = real & alive & ~aux
-    rows = (primary & torch.roll(alive, shifts=-1, dims=0)).nonzero().squeeze(1)
+    selected = batch_rows(batch)
+    x, next_x, mask, real, aux, rows = (
+        selected.x, selected.next_x, selected.action_mask, selected.real, selected.aux, selected.scored
+    )
     n = rows.numel()
     actions = batch[Columns.ACTIONS][rows].long()
     xr, nxr, mr = x[rows], next_x[rows], mask[rows]

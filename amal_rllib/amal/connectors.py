@@ -27,6 +27,7 @@ without auxiliary data stays MAPPO exactly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -80,6 +81,46 @@ def standardize_per_group(values: torch.Tensor, group: torch.Tensor, eps: float 
             x = values[rows]
             out[rows] = (x - x.mean()) / x.std(unbiased=False).clamp_min(eps)
     return out
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """What AMAL's connector reads off a module batch, all ``[B]`` masks over its rows.
+
+    ``x``/``next_x`` ``[B, Do]`` (``next_x`` is row ``t + 1``: see the module docstring), ``action_mask``
+    ``[B, A]``; ``primary``: real timestep, alive agent, primary episode (what the world model and the
+    bonus may use); ``dying``: primary rows whose next row is dead (``o'`` is the death mask, whatever the
+    action: no bonus); ``scored``: the indices of the primary rows that get the bonus.
+    """
+
+    x: torch.Tensor
+    next_x: torch.Tensor
+    action_mask: torch.Tensor
+    real: torch.Tensor
+    aux: torch.Tensor
+    primary: torch.Tensor
+    dying: torch.Tensor
+    scored: torch.Tensor
+
+
+def batch_rows(module_batch: dict) -> BatchRows:
+    obs = module_batch[Columns.OBS]
+    x = obs[OBS_KEY]
+    alive = obs[ALIVE_KEY].reshape(-1) > 0.5
+    real = module_batch[Columns.LOSS_MASK].reshape(-1).bool()
+    aux = module_batch[AUXILIARY].reshape(-1) > 0.5 if AUXILIARY in module_batch else torch.zeros_like(real)
+    primary = real & alive & ~aux
+    dying = primary & ~torch.roll(alive, shifts=-1, dims=0)
+    return BatchRows(
+        x=x,
+        next_x=torch.roll(x, shifts=-1, dims=0),
+        action_mask=obs[ACTION_MASK_KEY],
+        real=real,
+        aux=aux,
+        primary=primary,
+        dying=dying,
+        scored=(primary & ~dying).nonzero().squeeze(1),
+    )
 
 
 def is_auxiliary_episode_id(episode_id: str) -> bool:
@@ -143,19 +184,14 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
 
     @torch.no_grad()
     def process_module_batch(self, module, module_batch: dict) -> dict[str, float]:
-        obs = module_batch[Columns.OBS]
-        x, action_mask = obs[OBS_KEY], obs[ACTION_MASK_KEY]
-        alive = obs[ALIVE_KEY].reshape(-1) > 0.5
-        real = module_batch[Columns.LOSS_MASK].reshape(-1).bool()
-        aux = module_batch[AUXILIARY].reshape(-1) > 0.5 if AUXILIARY in module_batch else torch.zeros_like(real)
-        next_x = torch.roll(x, shifts=-1, dims=0)
-        primary = real & alive & ~aux
-        module_batch[NEXT_OBS] = next_x
-        module_batch[WORLD_MODEL_MASK] = primary.float()
+        selected = batch_rows(module_batch)
+        x, action_mask, real, aux = selected.x, selected.action_mask, selected.real, selected.aux
+        module_batch[NEXT_OBS] = selected.next_x
+        module_batch[WORLD_MODEL_MASK] = selected.primary.float()
         stats: dict[str, float] = {AUX_SAMPLE_FRACTION: float((aux & real).sum() / real.sum().clamp_min(1))}
 
-        if self.lambda_info > 0 and int(primary.sum()) >= 2:
-            stats |= self._add_bonus(module, module_batch, x, next_x, action_mask, primary, alive)
+        if self.lambda_info > 0 and int(selected.primary.sum()) >= 2:
+            stats |= self._add_bonus(module, module_batch, selected)
 
         weights = torch.ones_like(real, dtype=torch.float32)
         aux_rows = aux & real
@@ -173,15 +209,14 @@ class AMALRewardsAndOffPolicy(ConnectorV2):
         module_batch[SAMPLE_WEIGHT] = weights
         return stats
 
-    def _add_bonus(self, module, module_batch, x, next_x, action_mask, primary, alive) -> dict[str, float]:
+    def _add_bonus(self, module, module_batch, selected: BatchRows) -> dict[str, float]:
         """Idea 2 on the primary rows: ``I_hat`` at a calibrated likelihood temperature, scaled into the rewards.
 
         Death transitions (alive at ``o``, dead at ``o'``: ``o'`` is the death mask whatever the
         action) get no bonus and do not enter the temperature fit.
         """
-        dying = primary & ~torch.roll(alive, shifts=-1, dims=0)
-        rows = (primary & ~dying).nonzero().squeeze(1)
-        stats = {MI_DEATH_FRACTION: float(dying.sum() / primary.sum())}
+        x, next_x, action_mask, rows = selected.x, selected.next_x, selected.action_mask, selected.scored
+        stats = {MI_DEATH_FRACTION: float(selected.dying.sum() / selected.primary.sum())}
         if rows.numel() < 2:
             return stats
         actions = module_batch[Columns.ACTIONS][rows].long()
